@@ -1,0 +1,1 @@
+"""Data layer: dataset definitions, datalists, integrity checks, transforms, phantom."""

@@ -1,0 +1,137 @@
+"""Dataset definitions: class names, label ids, release layouts and official splits.
+
+Sources: ``../shared/spec/PROTOCOL.md`` §1–2 (Synapse/BTCV release layout, AMOS 2022 layout,
+label ids) — the AMOS ``dataset.json`` names contain typos ("arota", "postcava"), so names are
+written out here instead of being read from that file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from monai.utils import look_up_option
+
+__all__ = ["DatasetSpec", "SYNAPSE", "AMOS", "DATASETS", "get_dataset", "split_dir", "read_split"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Static description of a released dataset.
+
+    Attributes:
+        name: short name used in configs and CLIs (``"synapse"``, ``"amos"``).
+        class_names: names of classes ``0..C-1`` (index 0 is background).
+        splits: names of the official split folders shipped in ``scdl_monai/data/splits``.
+        default_split: split used when none is given.
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+    splits: tuple[str, ...]
+    default_split: str
+    labeled_fractions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        """C, the number of classes including background."""
+        return len(self.class_names)
+
+    @property
+    def organ_names(self) -> tuple[str, ...]:
+        """Names of the foreground classes ``1..C-1``."""
+        return self.class_names[1:]
+
+
+SYNAPSE = DatasetSpec(
+    name="synapse",
+    class_names=(
+        "background",
+        "spleen",
+        "right kidney",
+        "left kidney",
+        "gallbladder",
+        "esophagus",
+        "liver",
+        "stomach",
+        "aorta",
+        "inferior vena cava",
+        "portal & splenic veins",
+        "pancreas",
+        "right adrenal gland",
+        "left adrenal gland",
+    ),
+    splits=("synapse_2023", "synapse_current"),
+    default_split="synapse_2023",
+    labeled_fractions={"synapse_2023": ("10p", "20p", "40p"), "synapse_current": ("0.2",)},
+)
+
+AMOS = DatasetSpec(
+    name="amos",
+    class_names=(
+        "background",
+        "spleen",
+        "right kidney",
+        "left kidney",
+        "gallbladder",
+        "esophagus",
+        "liver",
+        "stomach",
+        "aorta",
+        "inferior vena cava",
+        "pancreas",
+        "right adrenal gland",
+        "left adrenal gland",
+        "duodenum",
+        "bladder",
+        "prostate/uterus",
+    ),
+    splits=("amos",),
+    default_split="amos",
+    labeled_fractions={"amos": ("2p", "5p", "10p")},
+)
+
+DATASETS: dict[str, DatasetSpec] = {"synapse": SYNAPSE, "amos": AMOS}
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    """Return the :class:`DatasetSpec` called ``name`` (case-insensitive).
+
+    Raises:
+        ValueError: for an unknown name, with a did-you-mean suggestion.
+    """
+    if isinstance(name, DatasetSpec):
+        return name
+    return look_up_option(str(name).lower(), DATASETS)
+
+
+def split_dir(split: str) -> Path:
+    """Folder of the shipped official split ``split`` (e.g. ``"synapse_2023"``).
+
+    Raises:
+        ValueError: when no such split is shipped.
+    """
+    root = Path(str(resources.files("scdl_monai.data").joinpath("splits")))
+    available = sorted(p.name for p in root.iterdir() if p.is_dir())
+    look_up_option(split, available)
+    return root / split
+
+
+def read_split(path: str | Path) -> list[str]:
+    """Read a split file: one case id per line; blank lines and ``#`` comments ignored.
+
+    A file holding a single id still yields a one-element list.
+
+    Raises:
+        FileNotFoundError: naming the file when it does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split file not found: {path}")
+    ids = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            ids.append(line)
+    return ids

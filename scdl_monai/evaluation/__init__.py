@@ -1,0 +1,1 @@
+"""scdl_monai.evaluation"""
