@@ -13,7 +13,44 @@ from pathlib import Path
 
 from monai.utils import look_up_option
 
-__all__ = ["DatasetSpec", "SYNAPSE", "AMOS", "DATASETS", "get_dataset", "split_dir", "read_split"]
+__all__ = [
+    "ReleaseLayout",
+    "DatasetSpec",
+    "SYNAPSE",
+    "AMOS",
+    "DATASETS",
+    "NIFTI_SUFFIXES",
+    "get_dataset",
+    "split_dir",
+    "read_split",
+]
+
+#: File suffixes accepted for released volumes, in order of preference.
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class ReleaseLayout:
+    """Where one release layout of a dataset keeps its image/label files.
+
+    Attributes:
+        name: short name of the layout (reported by the datalist builder).
+        folders: role -> ``(image_dir, label_dir)`` relative to the dataset root. Role ``"train"``
+            holds the ids of the official ``train``/``eval`` lists, role ``"test"`` those of the
+            ``test`` list. A case is looked up in its role's folder first, then in the others.
+        image_name: file name of an image without suffix, formatted with ``case_id``.
+        label_name: file name of a label without suffix, formatted with ``case_id``.
+    """
+
+    name: str
+    folders: dict[str, tuple[str, str]]
+    image_name: str = "{case_id}"
+    label_name: str = "{case_id}"
+
+    def search_order(self, role: str) -> list[tuple[str, str]]:
+        """``(image_dir, label_dir)`` pairs to search for a case of ``role``, preferred first."""
+        first = self.folders[role]
+        return [first] + [pair for pair in dict.fromkeys(self.folders.values()) if pair != first]
 
 
 @dataclass(frozen=True)
@@ -25,6 +62,8 @@ class DatasetSpec:
         class_names: names of classes ``0..C-1`` (index 0 is background).
         splits: names of the official split folders shipped in ``scdl_monai/data/splits``.
         default_split: split used when none is given.
+        labeled_fractions: split -> tags of its shipped ``labeled_<tag>.txt`` lists.
+        layouts: release layouts accepted under a dataset root, detected in this order.
     """
 
     name: str
@@ -32,6 +71,7 @@ class DatasetSpec:
     splits: tuple[str, ...]
     default_split: str
     labeled_fractions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    layouts: tuple[ReleaseLayout, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -65,6 +105,17 @@ SYNAPSE = DatasetSpec(
     splits=("synapse_2023", "synapse_current"),
     default_split="synapse_2023",
     labeled_fractions={"synapse_2023": ("10p", "20p", "40p"), "synapse_current": ("0.2",)},
+    # PROTOCOL §1: the official release, the same tree with the root one or two levels down, and
+    # the MSD-like layout read by the reference code. The ``test`` ids are labelled training cases.
+    layouts=tuple(
+        ReleaseLayout(name, {"train": pair, "test": pair}, "img{case_id}", "label{case_id}")
+        for name, pair in (
+            ("release", ("RawData/Training/img", "RawData/Training/label")),
+            ("release (root = RawData)", ("Training/img", "Training/label")),
+            ("release (root = RawData/Training)", ("img", "label")),
+            ("msd", ("imagesTr", "labelsTr")),
+        )
+    ),
 )
 
 AMOS = DatasetSpec(
@@ -90,6 +141,8 @@ AMOS = DatasetSpec(
     splits=("amos",),
     default_split="amos",
     labeled_fractions={"amos": ("2p", "5p", "10p")},
+    # PROTOCOL §1–2: train/eval ids come from imagesTr, the ``test`` split is the validation release.
+    layouts=(ReleaseLayout("amos", {"train": ("imagesTr", "labelsTr"), "test": ("imagesVa", "labelsVa")}),),
 )
 
 DATASETS: dict[str, DatasetSpec] = {"synapse": SYNAPSE, "amos": AMOS}
