@@ -164,7 +164,9 @@ class VNet(nn.Module):
         out_channels: classes ``C`` (background included).
         n_filters: base width ``n``; 32 for DHC/CPS/GenericSSL, 16 for GA-CPS/MagicNet/SCDL.
         norm: ``"batch"`` (CPS/DHC/GA-CPS), ``"instance"`` (non-affine, MagicNet), ``"group"``
-            (``num_groups`` groups) or ``"none"``.
+            (``num_groups`` groups) or ``"none"``. Instance norm (and batch norm in training with
+            batch size 1) needs more than one voxel at the bottleneck, i.e. an input of at least
+            32 along one dimension.
         has_dropout: apply dropout to ``x5`` and to the last decoder feature (train mode only).
         dropout_prob: dropout probability; 0.5 in the reference (DHC vnet.py).
         init: ``"kaiming"`` (default, METHODS.md §1), ``"xavier"``, or ``None`` for PyTorch's
