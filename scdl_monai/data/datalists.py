@@ -25,9 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monai.utils import look_up_option
-
-from scdl_monai.data.datasets import NIFTI_SUFFIXES, DatasetSpec, ReleaseLayout, get_dataset, read_split, split_dir
+from scdl_monai.data.datasets import (
+    NIFTI_SUFFIXES,
+    DatasetSpec,
+    ReleaseLayout,
+    did_you_mean,
+    get_dataset,
+    read_split,
+    split_dir,
+)
 
 __all__ = [
     "DATALIST_KEYS",
@@ -63,9 +69,6 @@ class MissingCasesError(FileNotFoundError):
             f"{len(self.missing)} file(s) named by the split are missing under root={str(root)!r} "
             f"(layout {layout!r}; '.nii.gz' and '.nii' accepted):\n{lines}"
         )
-
-    def __str__(self) -> str:  # FileNotFoundError would otherwise print only errno-style args
-        return self.args[0]
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,10 @@ def resolve_labeled(folder: str | Path, labeled: str | float) -> str:
     tag = str(labeled).strip().lower().removeprefix("labeled_").removesuffix(".txt").replace("%", "p")
     if tag in FULL_SUPERVISION:
         return "all"
-    present = sorted(p.name[len("labeled_") : -len(".txt")] for p in folder.glob("labeled_*.txt"))
+    present = sorted(
+        (p.name[len("labeled_") : -len(".txt")] for p in folder.glob("labeled_*.txt")),
+        key=lambda t: (_fraction(t) if _fraction(t) is not None else float("inf"), t),
+    )
     if tag in present:
         return tag
     wanted = _fraction(tag)
@@ -130,25 +136,24 @@ def resolve_labeled(folder: str | Path, labeled: str | float) -> str:
         same = [t for t in present if _fraction(t) is not None and abs(_fraction(t) - wanted) < 1e-9]
         if len(same) == 1:
             return same[0]
-    choices = present + list(FULL_SUPERVISION)
-    try:
-        look_up_option(tag, choices)
-    except ValueError as err:
-        raise ValueError(f"labeled={labeled!r} has no labeled_<tag>.txt in split folder {str(folder)!r}: {err}") from None
-    raise AssertionError("unreachable")  # pragma: no cover
+    raise ValueError(
+        f"labeled={labeled!r} has no labeled_<tag>.txt in split folder {str(folder)!r}; "
+        + did_you_mean(tag, present + list(FULL_SUPERVISION))
+    )
 
 
 def _split_folder(spec: DatasetSpec, split: str | Path | None) -> tuple[str, Path]:
     """Name and folder of ``split``: a shipped split of ``spec`` or a folder with the same files."""
     if split is None:
         split = spec.default_split
-    if Path(split).is_dir() and not str(split) in spec.splits:
+    if str(split) in spec.splits:
+        return str(split), split_dir(str(split))
+    if Path(split).is_dir():
         return str(split), Path(split)
-    try:
-        name = look_up_option(str(split), spec.splits)
-    except ValueError as err:
-        raise ValueError(f"split={split!r} is not a split of dataset {spec.name!r} nor a folder: {err}") from None
-    return name, split_dir(name)
+    raise ValueError(
+        f"split={str(split)!r} is neither a split of dataset {spec.name!r} nor a folder; "
+        + did_you_mean(str(split), list(spec.splits))
+    )
 
 
 def load_official_split(
@@ -239,11 +244,13 @@ def _locate(
                 if found is None:
                     missing.append(dirs[f] / f"{names[f]}{NIFTI_SUFFIXES[0]}")
                 else:
-                    entry[f] = str(found.resolve())
+                    entry[f] = os.path.abspath(found)
             return entry, missing
-    image_dir, label_dir = layout.folders[role]
+    image_dir, label_dir = layout.folders[role]  # image found nowhere: report against the role's folders
     expected = {"image": root / image_dir, "label": root / label_dir}
-    return {}, [expected[f] / f"{names[f]}{NIFTI_SUFFIXES[0]}" for f in fields]
+    return {}, [
+        expected[f] / f"{names[f]}{NIFTI_SUFFIXES[0]}" for f in fields if names[f] not in cache[expected[f]]
+    ]
 
 
 def build_datalist(
@@ -282,7 +289,7 @@ def build_datalist(
         raise ValueError("relative=True needs out= (paths are relative to the output file's folder)")
     spec = get_dataset(dataset)
     ids = load_official_split(spec, labeled, split)
-    root = Path(root).expanduser()
+    root = Path(os.path.abspath(Path(root).expanduser()))
     layout = detect_layout(spec, root)
     cache: dict[Path, dict[str, Path]] = {}
     datalist: dict[str, Any] = {
@@ -320,7 +327,7 @@ def write_datalist(datalist: Mapping[str, Any], out: str | Path, relative: bool 
     Returns:
         the path written.
     """
-    out = Path(out).expanduser().resolve()
+    out = Path(os.path.abspath(Path(out).expanduser()))
     if out.is_dir():
         raise ValueError(f"out={str(out)!r} is a folder; give a file name such as datalist.json")
     payload: dict[str, Any] = {}
@@ -328,7 +335,7 @@ def write_datalist(datalist: Mapping[str, Any], out: str | Path, relative: bool 
         if relative and isinstance(value, list):
             value = [
                 {
-                    k: (os.path.relpath(Path(v).resolve(), out.parent) if k in ("image", "label") else v)
+                    k: (os.path.relpath(os.path.abspath(v), out.parent) if k in ("image", "label") else v)
                     for k, v in entry.items()
                 }
                 for entry in value

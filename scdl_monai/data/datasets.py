@@ -7,11 +7,11 @@ written out here instead of being read from that file.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from monai.utils import look_up_option
 
 __all__ = [
     "ReleaseLayout",
@@ -23,6 +23,7 @@ __all__ = [
     "get_dataset",
     "split_dir",
     "read_split",
+    "did_you_mean",
 ]
 
 #: File suffixes accepted for released volumes, in order of preference.
@@ -148,6 +149,17 @@ AMOS = DatasetSpec(
 DATASETS: dict[str, DatasetSpec] = {"synapse": SYNAPSE, "amos": AMOS}
 
 
+def did_you_mean(value: str, choices: list[str]) -> str:
+    """Error-message tail ``"did you mean 'x'? available: a, b"`` (difflib closest match).
+
+    Plain ``difflib`` instead of ``monai.utils.look_up_option`` keeps ``import`` of the data CLI
+    free of torch, so ``python -m scdl_monai.data datalist|verify`` starts in well under a second.
+    """
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{hint}available: {', '.join(choices)}"
+
+
 def get_dataset(name: str) -> DatasetSpec:
     """Return the :class:`DatasetSpec` called ``name`` (case-insensitive).
 
@@ -156,7 +168,10 @@ def get_dataset(name: str) -> DatasetSpec:
     """
     if isinstance(name, DatasetSpec):
         return name
-    return look_up_option(str(name).lower(), DATASETS)
+    key = str(name).lower()
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; " + did_you_mean(key, list(DATASETS)))
+    return DATASETS[key]
 
 
 def split_dir(split: str) -> Path:
@@ -167,7 +182,8 @@ def split_dir(split: str) -> Path:
     """
     root = Path(str(resources.files("scdl_monai.data").joinpath("splits")))
     available = sorted(p.name for p in root.iterdir() if p.is_dir())
-    look_up_option(split, available)
+    if split not in available:
+        raise ValueError(f"no shipped split {split!r}; " + did_you_mean(str(split), available))
     return root / split
 
 

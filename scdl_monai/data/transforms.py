@@ -1,0 +1,448 @@
+"""Label-map conversion and the preprocessing protocols as MONAI transform chains.
+
+Two concepts live here because both are "what a volume looks like before it reaches a network":
+
+* **Label maps** between TotalSegmentator (v2 ``total``, ``total_mr``, v1 ``total_v1``), Synapse-13
+  and AMOS-15 ids (:func:`label_map`, :func:`label_map_transform`, :func:`labelmap_cli`). The table
+  is the one in ``data/totalsegmentator-samples/README.md`` ("Label-id mapping used for
+  ``derived/``"); every source id that is not an organ of the target becomes 0 (background).
+* **Preprocessing protocols** of ``PROTOCOL.md`` §3 (:func:`protocol_transforms`): ``"dhc"``
+  (DHC paper era / GenericSSL), ``"ga"`` (GA-CPS, GA-MagicNet, SCDL) and ``"native"`` (this
+  project's clinical-units protocol, default for demo and inference bundles).
+
+Axis order: MONAI/nibabel arrays are ``(C, x, y, z)`` while the reference code (SimpleITK
+``GetArrayFromImage``) holds ``(z, y, x)``. Every size quoted from the reference is therefore
+reversed here: DHC's resize ``(80, 160, 160)`` zyx is ``(160, 160, 80)`` xyz and its crop
+``64×128×128`` zyx is ``(128, 128, 64)`` xyz.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapLabelValue,
+    MapLabelValued,
+    MapTransform,
+    Orientationd,
+    RandCropByLabelClassesd,
+    RandFlipd,
+    RandSpatialCropd,
+    RandSpatialCropSamplesd,
+    Resized,
+    ScaleIntensityd,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialPadd,
+)
+from monai.utils import MAX_SEED, look_up_option
+
+__all__ = [
+    "LABEL_SCHEMES",
+    "TARGET_SCHEMES",
+    "PROTOCOLS",
+    "STAGES",
+    "PROTOCOL_DEFAULTS",
+    "label_map",
+    "label_map_transform",
+    "labelmap_cli",
+    "protocol_transforms",
+]
+
+# --------------------------------------------------------------------------------------------
+# Label maps
+# --------------------------------------------------------------------------------------------
+
+#: Highest id of each label scheme. Synapse 0–13 and AMOS 0–15: PROTOCOL.md §1. TotalSegmentator
+#: v2 ``total`` has 117 classes, ``total_mr`` (the 50-class map of the shipped sample) 50 and v1
+#: ``total`` 104 (samples README, "label(s)" column).
+LABEL_SCHEMES: dict[str, int] = {
+    "synapse": 13,
+    "amos": 15,
+    "total": 117,
+    "total_mr": 50,
+    "total_v1": 104,
+}
+
+#: Schemes a label map may convert *to*.
+TARGET_SCHEMES: tuple[str, ...] = ("synapse", "amos")
+
+# organ -> (synapse, amos, total, total_mr, total_v1); None = the scheme has no such class.
+# Source: data/totalsegmentator-samples/README.md, "Label-id mapping used for derived/".
+_ORGAN_IDS: dict[str, tuple[int | None, ...]] = {
+    "spleen": (1, 1, 1, 1, 1),
+    "right kidney": (2, 2, 2, 2, 2),
+    "left kidney": (3, 3, 3, 3, 3),
+    "gallbladder": (4, 4, 4, 4, 4),
+    "esophagus": (5, 5, 15, 12, 42),
+    "liver": (6, 6, 5, 5, 5),
+    "stomach": (7, 7, 6, 6, 6),
+    "aorta": (8, 8, 52, 23, 7),
+    "inferior vena cava": (9, 9, 63, 24, 8),
+    "portal & splenic veins": (10, None, 64, 25, 9),
+    "pancreas": (11, 10, 7, 7, 10),
+    "right adrenal gland": (12, 11, 8, 8, 11),
+    "left adrenal gland": (13, 12, 9, 9, 12),
+    "duodenum": (None, 13, 19, 14, 56),
+    "bladder": (None, 14, 21, 16, 104),
+    "prostate/uterus": (None, 15, 22, 17, None),
+}
+_SCHEME_COLUMN = {name: i for i, name in enumerate(("synapse", "amos", "total", "total_mr", "total_v1"))}
+
+
+def label_map(source: str, target: str) -> dict[int, int]:
+    """Full id table ``source id -> target id`` for every id of the source scheme.
+
+    Organs shared by both schemes keep their identity (e.g. AMOS 10 pancreas -> Synapse 11);
+    every other source id (lungs, bones, AMOS duodenum/bladder/prostate, ...) maps to 0.
+
+    Args:
+        source: ``"total"`` (TotalSegmentator v2), ``"total_mr"``, ``"total_v1"``, ``"synapse"``
+            or ``"amos"``.
+        target: ``"synapse"`` or ``"amos"``.
+
+    Returns:
+        dict with keys ``0..LABEL_SCHEMES[source]`` (all of them) and values in
+        ``0..LABEL_SCHEMES[target]``.
+
+    Raises:
+        ValueError: unknown scheme name (with a did-you-mean suggestion).
+
+    Example:
+        >>> label_map("amos", "synapse")[10], label_map("amos", "synapse")[13]
+        (11, 0)
+    """
+    src = _scheme_option(source, tuple(LABEL_SCHEMES), "source")
+    tgt = _scheme_option(target, TARGET_SCHEMES, "target")
+    table = dict.fromkeys(range(LABEL_SCHEMES[src] + 1), 0)
+    s_col, t_col = _SCHEME_COLUMN[src], _SCHEME_COLUMN[tgt]
+    for ids in _ORGAN_IDS.values():
+        if ids[s_col] is not None and ids[t_col] is not None:
+            table[ids[s_col]] = ids[t_col]
+    return table
+
+
+def label_map_transform(
+    source: str, target: str, keys: Sequence[str] | str = ("label",), dtype=np.uint8, allow_missing_keys: bool = False
+) -> MapTransform:
+    """A MONAI ``MapLabelValued`` that converts ``keys`` from ``source`` to ``target`` label ids.
+
+    The full table of :func:`label_map` is passed, so ids without a target organ become 0. As in
+    ``MapLabelValue``, a value above the source scheme's highest id (not a valid label of that
+    scheme) passes through unchanged; :func:`labelmap_cli` rejects such files.
+
+    Args:
+        source: source scheme (see :func:`label_map`).
+        target: ``"synapse"`` or ``"amos"``.
+        keys: dictionary keys holding label arrays (any shape, e.g. ``(1, x, y, z)``).
+        dtype: output dtype (``np.uint8`` default: all target ids are < 16).
+        allow_missing_keys: passed to ``MapLabelValued``.
+
+    Raises:
+        ValueError: unknown scheme name.
+
+    Example:
+        >>> t = label_map_transform("total", "synapse")
+        >>> t({"label": np.array([[[5, 52, 10]]])})["label"].tolist()
+        [[[6, 8, 0]]]
+    """
+    table = label_map(source, target)
+    orig = list(table)
+    return MapLabelValued(
+        keys=keys,
+        orig_labels=orig,
+        target_labels=[table[k] for k in orig],
+        dtype=dtype,
+        allow_missing_keys=allow_missing_keys,
+    )
+
+
+def _atomic_save_nifti(img, output: Path) -> None:
+    """Write ``img`` to ``output`` through a temporary file in the same folder (no half-written file)."""
+    import nibabel as nib
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if output.name.endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=suffix, dir=output.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def labelmap_cli(input: str, output: str, source: str = "total", target: str = "synapse") -> str:  # noqa: A002
+    """Remap one NIfTI label file from ``source`` to ``target`` ids, keeping affine and header.
+
+    The output is ``uint8`` and written atomically (temporary file + ``os.replace``).
+
+    Args:
+        input: source label NIfTI (``.nii`` / ``.nii.gz``).
+        output: destination NIfTI path.
+        source: source scheme (``total``, ``total_mr``, ``total_v1``, ``synapse``, ``amos``).
+        target: ``synapse`` or ``amos``.
+
+    Returns:
+        the output path (as text).
+
+    Raises:
+        FileNotFoundError: ``input`` does not exist.
+        ValueError: unknown scheme, non-integer labels, or ids outside the source scheme's range
+            (usually the wrong ``source``).
+    """
+    import nibabel as nib
+
+    in_path, out_path = Path(input), Path(output)
+    if not in_path.is_file():
+        raise FileNotFoundError(f"labelmap: input file not found: {in_path}")
+    table = label_map(source, target)
+    img = nib.load(str(in_path))
+    data = np.asanyarray(img.dataobj)
+    if data.dtype.kind == "f":
+        if not np.all(np.mod(data, 1) == 0):
+            raise ValueError(f"labelmap: {in_path} holds non-integer values; it is not a label map.")
+        data = data.astype(np.int64)
+    present = np.unique(data)
+    unknown = [int(v) for v in present if int(v) not in table]
+    if unknown:
+        raise ValueError(
+            f"labelmap: {in_path} holds ids {unknown[:10]} outside source={source!r} "
+            f"(ids 0..{max(table)}); is the source scheme right?"
+        )
+    mapped = MapLabelValue(list(table), [table[k] for k in table], dtype=np.uint8)(data)
+    header = img.header.copy()
+    header.set_data_dtype(np.uint8)
+    out = type(img)(np.asarray(mapped, dtype=np.uint8), img.affine, header=header)
+    out.header.set_slope_inter(1.0, 0.0)
+    _atomic_save_nifti(out, out_path)
+    return str(out_path)
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing protocols (PROTOCOL.md §3)
+# --------------------------------------------------------------------------------------------
+
+PROTOCOLS: tuple[str, ...] = ("dhc", "ga", "native")
+STAGES: tuple[str, ...] = ("train", "eval", "infer")
+
+#: Per-protocol defaults, all in MONAI (x, y, z) order.
+#:
+#: * ``dhc``: HU clip [−75, 275] then per-volume min–max to [0, 1]; resize the whole volume to
+#:   (160, 160, 80) (reference (80, 160, 160) z,y,x); random crop (128, 128, 64) (reference
+#:   64×128×128 z,y,x). Source: PROTOCOL.md §3 (DHC paper-era code, GenericSSL).
+#: * ``ga``: HU window [−125, 275] mapped by (x+125)/400 (clipped to [0, 1]); resize grid
+#:   160×160×80 (where GA test predictions and labels are evaluated); patch 96³. Source:
+#:   PROTOCOL.md §3 (GA-CPS / GA-MagicNet / SCDL).
+#: * ``native``: RAS, spacing (1.5, 1.5, 2.0) mm, window [−125, 275] -> [0, 1] (the GA window, so
+#:   intensities match the SCDL numbers), patch (96, 96, 64) (divisible by 16 for the V-Net).
+#:   Source: PROTOCOL.md §3 ("e.g. 1.5×1.5×2 mm"); window and patch are this project's choice.
+PROTOCOL_DEFAULTS: dict[str, dict] = {
+    "dhc": {"window": (-75.0, 275.0), "resize": (160, 160, 80), "patch_size": (128, 128, 64)},
+    "ga": {"window": (-125.0, 275.0), "resize": (160, 160, 80), "patch_size": (96, 96, 96)},
+    "native": {"window": (-125.0, 275.0), "spacing": (1.5, 1.5, 2.0), "patch_size": (96, 96, 64)},
+}
+
+#: RAS labels passed explicitly to ``Orientationd`` (MONAI 1.6 warns when they are left implicit).
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+def _triple(value, name: str, kind: type) -> tuple:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = (value,) * 3
+    try:
+        out = tuple(kind(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be 3 positive numbers (x, y, z), got {value!r}.") from None
+    not_integral = kind is int and any(v != float(w) for v, w in zip(out, value))
+    if len(out) != 3 or any(v <= 0 for v in out) or not_integral:
+        raise ValueError(f"{name} must be 3 positive {kind.__name__}s (x, y, z), got {value!r}.")
+    return out
+
+
+def protocol_transforms(
+    protocol: str,
+    stage: str,
+    keys: Sequence[str] | str = ("image", "label"),
+    num_classes: int | None = None,
+    patch_size: Sequence[int] | int | None = None,
+    spacing: Sequence[float] | float | None = None,
+    window: Sequence[float] | None = None,
+    resize: Sequence[int] | None = None,
+    ratios: Sequence[float] | None = None,
+    num_samples: int = 1,
+    flip_prob: float = 0.0,
+    reader: str | None = None,
+    seed: int | None = None,
+) -> Compose:
+    """The preprocessing chain of a protocol (PROTOCOL.md §3) as a MONAI ``Compose``.
+
+    Every chain starts with ``LoadImaged`` + ``EnsureChannelFirstd`` (items are dicts of file
+    paths, as in a decathlon datalist) and yields ``MetaTensor`` s of shape ``(1, x, y, z)``:
+    image ``float32``, label ``int64``. Train chains end with a random crop of ``patch_size``;
+    eval chains keep the whole (resized / resampled) volume for sliding-window inference; infer
+    chains process ``keys[0]`` only and keep the metadata and applied operations so that
+    ``Invertd`` maps a prediction back to the original grid.
+
+    * ``"dhc"``: clip HU to [−75, 275], per-volume min–max to [0, 1] (whole volume, before any
+      crop; applied to AMOS MRI too, as in the reference), resize to ``resize`` (default
+      (160, 160, 80) xyz; trilinear image, nearest label), random crop ``patch_size`` (default
+      (128, 128, 64) xyz). No reorientation, no resampling. No flips by default: the paper-era
+      DHC code applied flips that had no effect, so the published numbers were obtained without
+      them (DHC HEAD later fixed flips; pass ``flip_prob`` > 0 and say so in the bundle).
+    * ``"ga"``: window [−125, 275] -> (x+125)/400 clipped to [0, 1], resize to the
+      160×160×80 grid, random crop 96³. The z extent (80) is padded with zeros (the window's
+      minimum) to 96 before cropping. Approximation: GA used MagicNet's non-public pre-made
+      volumes; here every dataset (Synapse too) is resampled to the grid GA evaluates on.
+    * ``"native"``: ``Orientationd`` RAS (labels explicit), ``Spacingd`` to ``spacing`` (default
+      (1.5, 1.5, 2.0) mm; bilinear image, nearest label), window [−125, 275] -> [0, 1],
+      ``SpatialPadd`` to ``patch_size`` (so volumes smaller than the patch work), then
+      class-balanced crops with ``RandCropByLabelClassesd`` (``num_classes`` required). With
+      ``ratios=None`` every class, background included, is the crop centre equally often
+      (MONAI's default); on a tiny class this gave ~29 % of crops containing it against 4 % for
+      1:1 positive/negative sampling (BUNDLES.md §5). Classes absent from a volume get ratio 0
+      (MONAI behaviour; its per-item warning is switched off).
+
+    Give ``keys=("image",)`` for an unlabeled stream: the train chain then crops with
+    ``RandSpatialCropd`` (no label to balance on).
+
+    Randomness: every random transform is a MONAI ``Randomizable``. The returned ``Compose`` is
+    seeded with ``seed``; when ``seed`` is None it is drawn from NumPy's global generator, so
+    ``monai.utils.set_determinism(s)`` before building the chain makes it reproducible.
+    ``monai.data.DataLoader`` additionally re-seeds the chain (per worker) from torch's generator.
+
+    Args:
+        protocol: ``"dhc"``, ``"ga"`` or ``"native"``.
+        stage: ``"train"``, ``"eval"`` or ``"infer"``.
+        keys: ``(image_key,)`` or ``(image_key, label_key)``.
+        num_classes: C including background; required for ``native`` training with labels.
+        patch_size: crop size (x, y, z); default from :data:`PROTOCOL_DEFAULTS`.
+        spacing: target spacing in mm (x, y, z) for ``native``.
+        window: (a_min, a_max) HU window overriding the protocol's.
+        resize: whole-volume grid (x, y, z) for ``dhc``/``ga``.
+        ratios: per-class crop-centre ratios for ``native`` (length ``num_classes``).
+        num_samples: crops per volume in training.
+        flip_prob: probability of a flip along each spatial axis in training (default 0).
+        reader: ``LoadImaged`` reader (e.g. ``"ITKReader"``); None lets MONAI choose.
+        seed: random state for the chain's random transforms.
+
+    Returns:
+        a ``monai.transforms.Compose``.
+
+    Raises:
+        ValueError: unknown protocol/stage (with did-you-mean), malformed sizes, missing
+            ``num_classes`` for native training, ``ratios`` of the wrong length.
+
+    Example:
+        >>> t = protocol_transforms("dhc", "train")  # doctest: +SKIP
+        >>> t({"image": "img0001.nii.gz", "label": "label0001.nii.gz"})["image"].shape  # doctest: +SKIP
+        torch.Size([1, 128, 128, 64])
+    """
+    protocol = _scheme_option(protocol, PROTOCOLS, "protocol")
+    stage = _scheme_option(stage, STAGES, "stage")
+    keys = (keys,) if isinstance(keys, str) else tuple(keys)
+    if not 1 <= len(keys) <= 2 or not all(isinstance(k, str) and k for k in keys):
+        raise ValueError(f"keys must be (image_key,) or (image_key, label_key), got {keys!r}.")
+    if stage == "infer":
+        keys = keys[:1]
+    image_key = keys[0]
+    label_key = keys[1] if len(keys) == 2 else None
+    defaults = PROTOCOL_DEFAULTS[protocol]
+    patch = _triple(patch_size if patch_size is not None else defaults["patch_size"], "patch_size", int)
+    a_min, a_max = _window(window if window is not None else defaults["window"])
+    if int(num_samples) != num_samples or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+    if not 0.0 <= float(flip_prob) <= 1.0:
+        raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob!r}.")
+    balanced = protocol == "native" and stage == "train" and label_key is not None
+    if balanced:
+        if num_classes is None or int(num_classes) != num_classes or num_classes < 2:
+            raise ValueError(
+                f"num_classes (C incl. background, >= 2) is required for native training crops, got {num_classes!r}."
+            )
+        if ratios is not None and len(ratios) != num_classes:
+            raise ValueError(f"ratios must have num_classes={num_classes} entries, got {len(ratios)}: {ratios!r}.")
+
+    modes = ("trilinear", "nearest")[: len(keys)]
+    chain: list = [LoadImaged(keys, reader=reader, image_only=True), EnsureChannelFirstd(keys)]
+    if protocol == "native":
+        pixdim = _triple(spacing if spacing is not None else defaults["spacing"], "spacing", float)
+        chain += [
+            Orientationd(keys, axcodes="RAS", labels=_RAS_LABELS),
+            Spacingd(keys, pixdim=pixdim, mode=("bilinear", "nearest")[: len(keys)], dtype=np.float32),
+            ScaleIntensityRanged(image_key, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True),
+        ]
+    elif protocol == "dhc":
+        grid = _triple(resize if resize is not None else defaults["resize"], "resize", int)
+        chain += [
+            # clip only (identity map on [a_min, a_max]), then per-volume min-max
+            ScaleIntensityRanged(image_key, a_min=a_min, a_max=a_max, b_min=a_min, b_max=a_max, clip=True),
+            ScaleIntensityd(image_key, minv=0.0, maxv=1.0),
+            Resized(keys, spatial_size=grid, mode=modes),
+        ]
+    else:  # ga
+        grid = _triple(resize if resize is not None else defaults["resize"], "resize", int)
+        chain += [
+            ScaleIntensityRanged(image_key, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True),
+            Resized(keys, spatial_size=grid, mode=modes),
+        ]
+
+    if stage == "train":
+        chain.append(SpatialPadd(keys, spatial_size=patch))
+        if balanced:
+            chain.append(
+                RandCropByLabelClassesd(
+                    keys,
+                    label_key=label_key,
+                    spatial_size=patch,
+                    ratios=None if ratios is None else [float(r) for r in ratios],
+                    num_classes=int(num_classes),
+                    num_samples=int(num_samples),
+                    warn=False,
+                )
+            )
+        elif num_samples > 1:
+            chain.append(RandSpatialCropSamplesd(keys, roi_size=patch, num_samples=int(num_samples), random_size=False))
+        else:
+            chain.append(RandSpatialCropd(keys, roi_size=patch, random_size=False))
+        if flip_prob > 0:
+            chain += [RandFlipd(keys, prob=float(flip_prob), spatial_axis=axis) for axis in range(3)]
+
+    chain.append(EnsureTyped(image_key, dtype=torch.float32))
+    if label_key is not None:
+        chain.append(EnsureTyped(label_key, dtype=torch.int64))
+    compose = Compose(chain)
+    compose.set_random_state(seed=int(np.random.randint(MAX_SEED)) if seed is None else int(seed))
+    return compose
+
+
+def _scheme_option(value: str, options: Sequence[str], arg: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{arg} must be one of {list(options)}, got {type(value).__name__}: {value!r}.")
+    key = value.strip().lower()
+    if key not in options:
+        try:
+            look_up_option(key, tuple(options))
+        except ValueError as err:
+            raise ValueError(f"{arg}={value!r} is not supported. {err}") from None
+    return key
+
+
+def _window(window) -> tuple[float, float]:
+    try:
+        a_min, a_max = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise ValueError(f"window must be (a_min, a_max) in HU, got {window!r}.") from None
+    if not a_min < a_max:
+        raise ValueError(f"window must satisfy a_min < a_max, got {window!r}.")
+    return a_min, a_max
