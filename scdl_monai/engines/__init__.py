@@ -1,1 +1,4 @@
 """scdl_monai.engines"""
+
+from scdl_monai.engines.keys import SSLKeys
+from scdl_monai.engines.trainer import SemiSupervisedTrainer

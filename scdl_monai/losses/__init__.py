@@ -1,1 +1,3 @@
 """scdl_monai.losses"""
+
+from scdl_monai.losses.segmentation import DiceCELoss, SoftDiceLoss, WeightedCELoss
