@@ -7,7 +7,7 @@ trainer itself; the algorithm lives in a :class:`~scdl_monai.methods.base.SemiSu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from scdl_monai.engines.keys import SSLKeys
 from scdl_monai.methods.base import MethodOutput, SemiSupervisedMethod
+from scdl_monai.precision import PrecisionPolicy, as_policy
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, EventEnum
@@ -58,9 +59,10 @@ class SemiSupervisedTrainer(Trainer):
        ``device``; the unlabeled iterator is re-created when exhausted (calling
        ``sampler.set_epoch(k)`` first when the sampler has it, e.g. ``DistributedSampler``;
        ``k`` counts the passes over the unlabeled loader from 0);
+       the images are laid out channels-last when the precision policy says so;
     2. ``method.train()``; zero the gradients of every optimizer;
-    3. ``method.train_step(engine, image_l, label_l, image_u)`` under ``torch.autocast`` when
-       ``amp`` (bfloat16 on CPU, float16 on CUDA unless ``amp_dtype`` says otherwise);
+    3. ``method.train_step(engine, image_l, label_l, image_u)`` under the precision policy's
+       autocast (:meth:`scdl_monai.precision.PrecisionPolicy.autocast`: fp32, bf16, or fp16);
        fire ``IterationEvents.FORWARD_COMPLETED`` and ``LOSS_COMPLETED``;
     4. one backward through one ``torch.amp.GradScaler`` (enabled only for float16 on CUDA);
        ``BACKWARD_COMPLETED``; ``scaler.step`` every optimizer, ``scaler.update()``;
@@ -91,10 +93,20 @@ class SemiSupervisedTrainer(Trainer):
     which MONAI 1.6's ``CheckpointLoader`` reads with ``torch.load(..., weights_only=True)`` (it
     always does; no code is unpickled). Load any checkpoint yourself the same way.
 
-    AMP on CPU (bfloat16) is for smoke tests: with torch 2.13 the oneDNN bf16 conv3d backward was
-    seen to return NaN weight gradients intermittently on a CPU without native bf16; set
-    ``torch.backends.mkldnn.enabled = False`` if that happens. On CUDA the default is float16 with
-    loss scaling.
+    Precision (GitHub issue 10): pass ``precision`` — a
+    :class:`~scdl_monai.precision.PrecisionPolicy`, a name ("fp32", "bf16", "fp16") or a dict of
+    its arguments — to choose the precision and memory format in one place. It is resolved
+    against ``device`` here (fallbacks such as fp16 on CPU → fp32 are logged), the method's
+    networks are converted to channels-last once (``policy.prepare_module(method)``), the images
+    of every batch are laid out to match, and ``train_step`` runs under ``policy.autocast()``.
+    The MONAI-style ``amp``/``amp_dtype`` arguments still work and map to
+    ``PrecisionPolicy.from_amp(amp, amp_dtype)`` when ``precision`` is None.
+
+    CPU bf16: torch 2.13's oneDNN bf16 conv3d weight gradient is wrong (NaN or huge values,
+    depending on recycled memory) for inputs smaller than the kernel along the first spatial
+    axis, e.g. the VNet bottleneck; the policy's guard rewrites exactly those convolutions (axis
+    swap in bf16, or fp32; see :mod:`scdl_monai.precision`), so
+    ``torch.backends.mkldnn.enabled = False`` is no longer needed.
 
     The trainer builds nothing: the method, optimizers and loaders come from the caller/config.
     The method must already be on ``device`` (and DDP-wrapped via ``method.wrap_ddp`` if needed).
@@ -114,17 +126,21 @@ class SemiSupervisedTrainer(Trainer):
         additional_metrics, metric_cmp_fn, train_handlers, event_names, event_to_attr, decollate,
         to_kwargs: as in ``monai.engines.SupervisedTrainer``; ``prepare_batch`` is applied to both
             streams (for unlabeled dicts without ``"label"`` MONAI's default returns (image, None)).
-        amp: enable mixed precision.
+        amp: enable mixed precision (ignored when ``precision`` is given).
         amp_dtype: autocast dtype (``torch.float16``/``torch.bfloat16`` or "float16"/"bfloat16");
-            default float16 on CUDA, bfloat16 otherwise.
+            default float16 on CUDA, bfloat16 otherwise. ``engine.amp_dtype`` keeps this requested
+            dtype; the dtype actually used is ``engine.precision.dtype`` (e.g. float16 on CPU
+            falls back to float32, logged).
         optim_set_to_none: ``optimizer.zero_grad(set_to_none=...)``.
-        amp_kwargs: extra ``torch.autocast`` keyword arguments (``dtype`` is set from ``amp_dtype``).
+        amp_kwargs: extra ``torch.autocast`` keyword arguments (``dtype``/``enabled`` come from the policy).
+        precision: the :class:`~scdl_monai.precision.PrecisionPolicy` (or a precision name / dict);
+            ``None`` = derived from ``amp``/``amp_dtype``. Available resolved as ``engine.precision``.
 
     Raises:
         TypeError: ``method`` is not a ``SemiSupervisedMethod``; an optimizer is not a
             ``torch.optim.Optimizer``.
-        ValueError: no optimizer; bad ``amp_dtype``; ``epoch_length`` not positive; an empty
-            unlabeled loader (at the first iteration).
+        ValueError: no optimizer; bad ``amp_dtype`` or ``precision``; ``epoch_length`` not
+            positive; an empty unlabeled loader (at the first iteration).
     """
 
     def __init__(
@@ -152,6 +168,7 @@ class SemiSupervisedTrainer(Trainer):
         optim_set_to_none: bool = False,
         to_kwargs: dict | None = None,
         amp_kwargs: dict | None = None,
+        precision: PrecisionPolicy | str | Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(method, SemiSupervisedMethod):
             raise TypeError(
@@ -200,12 +217,17 @@ class SemiSupervisedTrainer(Trainer):
         device_type = self.state.device.type if self.state.device is not None else "cpu"
         self.amp_device_type = device_type
         self.amp_dtype = _resolve_amp_dtype(amp_dtype, device_type)
-        # dtype/enabled/device_type are decided here, not through amp_kwargs
+        if precision is None:
+            precision = PrecisionPolicy.from_amp(bool(amp), self.amp_dtype, device=device_type)
+        # the one place where precision and memory format are decided (fallbacks are logged)
+        self.precision = as_policy(precision, self.state.device if self.state.device is not None else "cpu")
+        self.amp = self.precision.autocast_enabled
+        self.precision.prepare_module(method)
+        # dtype/enabled/device_type are decided by the policy, not through amp_kwargs
         self.amp_kwargs = {k: v for k, v in self.amp_kwargs.items() if k not in ("dtype", "enabled", "device_type")}
         # One scaler for all optimizers (the documented torch pattern for several optimizers).
         # Loss scaling only matters for float16 gradients on CUDA; elsewhere it is a pass-through.
-        use_scaler = bool(amp) and self.amp_dtype == torch.float16 and device_type == "cuda"
-        self.scaler = torch.amp.GradScaler(device_type, enabled=use_scaler)
+        self.scaler = self.precision.grad_scaler()
 
         # position in the unlabeled stream, saved with the trainer for exact resume
         self.state.unlabeled_epoch = 0
@@ -280,16 +302,14 @@ class SemiSupervisedTrainer(Trainer):
             )
         batch_u = engine.next_unlabeled_batch()
         image_u = None if batch_u is None else engine.prepare_batch(batch_u, device, nb, **kw)[0]
+        image_l, image_u = engine.precision.prepare_input(image_l), engine.precision.prepare_input(image_u)
 
         engine.state.output = {SSLKeys.IMAGE: image_l, SSLKeys.LABEL: label_l}
         engine.method.train()
         for opt in engine.optimizers:
             opt.zero_grad(set_to_none=engine.optim_set_to_none)
 
-        autocast = torch.autocast(
-            engine.amp_device_type, dtype=engine.amp_dtype, enabled=engine.amp, **engine.amp_kwargs
-        )
-        with autocast:
+        with engine.precision.autocast(**engine.amp_kwargs):
             out = engine.method.train_step(engine, image_l, label_l, image_u)
         if not isinstance(out, MethodOutput):
             raise TypeError(

@@ -1,0 +1,172 @@
+"""Smoke tests of the GenericSSL / A&D method overlay (bundles/_components/methods/genericssl).
+
+Configs are composed in the generator's order (base, dataset, backbone, method[, overlay]) and run
+with MONAI's ``ConfigWorkflow`` on CPU with a tiny DiffVNet on fake NIfTI data: train (StrongAug in
+both training pipelines, μ ramp, DiffDW state in the checkpoint), evaluate, inference with D_θ, the
+derived AMOS composition (C = 16), and two-process DDP training with torchrun (gloo).
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from scdl_monai.bundles import build_metadata
+from scdl_monai.data.strong_aug import StrongAugd
+from scdl_monai.methods.genericssl import GenericSSL
+from scdl_monai.networks.diffvnet import DiffVNet
+
+from ..conftest import REPO_ROOT
+
+COMPONENTS = REPO_ROOT / "bundles" / "_components"
+C = 14  # Synapse
+SHAPE = (24, 24, 20)
+TINY = {"n_filters": 4, "patch_size": [32, 32, 32], "num_workers": 0, "cache_rate": 0.0, "batch_size": 1,
+        "unlabeled_batch_size": 1, "val_interval": 1, "amp": False}  # fmt: skip
+
+
+def _write(path, array, dtype):
+    nib.save(nib.Nifti1Image(array.astype(dtype), np.diag([1.5, 1.5, 2.0, 1.0])), str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fake_synapse_genericssl")
+    rng = np.random.default_rng(0)
+    entries = {"training": [], "unlabeled": [], "validation": [], "test": []}
+    for i in range(6):
+        image = rng.normal(0, 100, SHAPE)
+        label = np.zeros(SHAPE, dtype=np.uint8)
+        for k in range(1, C):
+            x, y, z = rng.integers(0, 18, 3)
+            label[x : x + 5, y : y + 5, z : z + 2] = k
+        item = {"image": _write(root / f"img{i}.nii.gz", image, np.float32), "case_id": str(i)}
+        labeled = {**item, "label": _write(root / f"lab{i}.nii.gz", label, np.uint8)} if i in (0, 1, 4, 5) else None
+        key = {0: "training", 1: "training", 2: "unlabeled", 3: "unlabeled", 4: "validation", 5: "test"}[i]
+        entries[key].append(labeled or item)
+    # two validation cases: DistributedSampler(even_divisible=False) needs one per rank
+    entries["validation"] += entries["test"]
+    (root / "datalist.json").write_text(json.dumps(entries))
+    # single-network Synapse metadata (the inference network has one backbone's I/O) until
+    # "genericssl" is in scdl_monai.bundles.METHODS
+    (root / "metadata.json").write_text(json.dumps(build_metadata("supervised", "synapse")))
+    return root
+
+
+def config_files(kind, *overlays, dataset="synapse"):
+    base = kind if kind != "evaluate" else "train"
+    files = [COMPONENTS / f"{base}.json", COMPONENTS / "datasets" / f"{dataset}.json",
+             COMPONENTS / "backbones" / "vnet.json",
+             COMPONENTS / "methods" / "genericssl" / f"{base}.json"]  # fmt: skip
+    files += [COMPONENTS / o for o in overlays]
+    return [str(f) for f in files]
+
+
+def workflow(config_file, dataset, bundle_root, workflow_type="train", **overrides):
+    wf = ConfigWorkflow(
+        config_file=config_file,
+        workflow_type=workflow_type,
+        meta_file=str(dataset / "metadata.json"),
+        logging_file=str(COMPONENTS / "logging.conf"),
+        bundle_root=str(bundle_root),
+        **overrides,
+    )
+    wf.initialize()
+    return wf
+
+
+def test_genericssl_train_evaluate_inference(tmp_path, dataset):
+    train = workflow(config_files("train"), dataset, tmp_path, dataset_dir=str(dataset), resume_from="",
+                     **{**TINY, "train#trainer#max_epochs": 1, "class_weight_log_interval": 1})  # fmt: skip
+    assert train.check_properties() in (None, [])
+    parser = train.parser
+    method = parser.get_parsed_content("method")
+    assert isinstance(method, GenericSSL) and isinstance(method.network, DiffVNet)
+    assert method.unsup_weight_max == 10.0 and method.ema_momentum == 0.99 and not method.difficulty.normalize
+    assert method.network.out_channels == C and parser.get_parsed_content("optimizer").param_groups[0]["lr"] == 0.01
+    for key in ("train#preprocessing", "train#unlabeled_preprocessing"):  # StrongAug right after the crop
+        names = [type(t).__name__ for t in parser.get_parsed_content(key).transforms]
+        assert names.count("StrongAugd") == 1 and "Crop" in names[names.index("StrongAugd") - 1], names
+    assert isinstance(parser.get_parsed_content("train#strong_aug"), StrongAugd)
+    train.run()
+    train.finalize()
+    trainer = parser.get_parsed_content("train#trainer")
+    assert trainer.state.iteration == 2  # epoch = the unlabeled loader's length (2 cases, batch 1)
+    assert method.unsup_weight.item() == pytest.approx(10.0 * math.exp(-5.0), rel=1e-5)  # epoch 0: μ_max·e^-5
+    out = trainer.state.output[0]
+    assert all(math.isfinite(float(out[k])) for k in ("loss", "loss_deno", "loss_diff", "loss_u"))
+    ckpt = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=True)
+    assert {"method", "optimizer", "lr_scheduler", "trainer"} <= ckpt.keys()
+    assert "difficulty.learn" in ckpt["method"] and "network.decoder_theta.head.weight" in ckpt["method"]
+    assert not torch.equal(ckpt["method"]["difficulty.last_dice"], torch.full((C,), 1e-8))
+    assert (tmp_path / "models" / "model.pt").exists()  # validated every epoch with D_θ
+    events = EventAccumulator(str(tmp_path / "eval"))
+    events.Reload()
+    assert "class_weights/difficulty/pancreas" in events.Tags()["scalars"]  # DiffDW weights logged
+
+    evaluate = workflow(config_files("evaluate", "evaluate.json"), dataset, tmp_path, dataset_dir=str(dataset), **TINY)
+    evaluate.run()
+    evaluate.finalize()
+    assert 0.0 <= evaluate.parser.get_parsed_content("validate#evaluator").state.metrics["val_mean_dice"] <= 1.0
+    assert (tmp_path / "eval" / "metrics.csv").exists()
+    assert len(list((tmp_path / "eval" / "predictions").glob("*.nii.gz"))) == 1
+
+    image = json.loads((dataset / "datalist.json").read_text())["validation"][0]["image"]
+    infer = workflow(config_files("inference"), dataset, tmp_path, workflow_type="infer", input_files=[image],
+                     output_dir=str(tmp_path / "pred"), n_filters=4, patch_size=[32, 32, 32], num_workers=0,
+                     progress=False, amp=False)  # fmt: skip
+    network = infer.parser.get_parsed_content("network")
+    assert isinstance(network, DiffVNet)
+    infer.run()
+    infer.finalize()
+    (pred_file,) = list((tmp_path / "pred").glob("*.nii.gz"))
+    pred = np.asarray(nib.load(str(pred_file)).dataobj)
+    assert pred.shape == SHAPE and pred.min() >= 0 and pred.max() < C
+    # the inference network is D_θ of the saved DiffVNet
+    saved = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(v, saved[k]) for k, v in network.state_dict().items())
+
+
+def test_amos_is_the_same_overlay_with_sixteen_classes(tmp_path, dataset):
+    synapse = workflow(config_files("train"), dataset, tmp_path, dataset_dir=str(dataset), resume_from="", **TINY)
+    amos = workflow(config_files("train", dataset="amos"), dataset, tmp_path, dataset_dir=str(dataset),
+                    resume_from="", **TINY)  # fmt: skip
+    method = amos.parser.get_parsed_content("method")
+    assert method.num_classes == 16 and method.network.out_channels == 16
+    for key in ("learning_rate", "unsup_weight_max", "ema_momentum", "n_filters", "patch_size", "val_interval"):
+        assert amos.parser.get_parsed_content(key) == synapse.parser.get_parsed_content(key), key
+    assert amos.parser.get_parsed_content("train#trainer#max_epochs") == 300
+    infer = workflow(config_files("inference", dataset="amos"), dataset, tmp_path, workflow_type="infer",
+                     input_files=[], n_filters=4, num_workers=0)  # fmt: skip
+    assert infer.parser.get_parsed_content("network").out_channels == 16
+
+
+def test_genericssl_two_process_ddp(tmp_path, dataset):
+    files = config_files("train", "multi_gpu_train.json")
+    # no "amp" here: the CLI (fire) reads `--amp false` as the string "false"; the default is off on CPU
+    overrides = {**TINY, "train#trainer#max_epochs": 1, "resume_from": "", "val_interval": 1000}
+    overrides.pop("amp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
+           "run", "--config_file", json.dumps(files), "--meta_file", str(dataset / "metadata.json"),
+           "--logging_file", str(COMPONENTS / "logging.conf"), "--bundle_root", str(tmp_path),
+           "--dataset_dir", str(dataset)]  # fmt: skip
+    for key, value in overrides.items():
+        cmd += [f"--{key}", json.dumps(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    if result.returncode != 0:  # one retry: the rendezvous port can race with other jobs on the machine
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+    ckpt = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=True)
+    assert not any(k.startswith("module.") or ".module." in k or "_passes" in k for k in ckpt["method"])
+    assert ckpt["trainer"]["iteration"] == 1  # one unlabeled case per rank -> one iteration per epoch
+    assert "difficulty.weights" in ckpt["method"]

@@ -1,0 +1,384 @@
+"""Tests for scdl_monai.methods.scdl (SCDL plug-in around a baseline method, METHODS.md §7)."""
+
+import copy
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.data import DataLoader, Dataset
+from torch import nn
+
+from scdl_monai.engines.trainer import SemiSupervisedTrainer
+from scdl_monai.methods.base import LogitMean, MethodOutput
+from scdl_monai.methods.cps import CPS
+from scdl_monai.methods.scdl import SCDLMethod, warmup_factor
+from scdl_monai.methods.supervised import Supervised
+from scdl_monai.networks.scdl_network import SCDLNetwork
+from scdl_monai.networks.vnet import VNet
+
+C = 3
+SHAPE = (32, 32, 32)
+SCDL_KW = {"z_dim": 8, "num_proxy_samples": 3}
+
+
+def cps(seed=0, **vnet_kwargs):
+    torch.manual_seed(seed)
+    return CPS(VNet(out_channels=C, n_filters=4, **vnet_kwargs), VNet(out_channels=C, n_filters=4, **vnet_kwargs))
+
+
+def scdl(base, **kwargs):
+    kwargs.setdefault("scdl_kwargs", SCDL_KW)
+    return SCDLMethod(base, num_classes=C, **kwargs)
+
+
+def batch(seed=0, n_l=1, n_u=1):
+    g = torch.Generator().manual_seed(seed)
+    image_l = torch.randn(n_l, 1, *SHAPE, generator=g)
+    label_l = torch.zeros(n_l, 1, *SHAPE, dtype=torch.long)
+    label_l[:, :, 4:20, 4:20, 4:20] = 1  # every class present in the labeled patch
+    label_l[:, :, 20:28, 8:30, 2:12] = 2
+    image_u = torch.randn(n_u, 1, *SHAPE, generator=g)
+    return image_l, label_l, image_u
+
+
+# ---------------------------------------------------------------- switched off = baseline, bit for bit
+def _train(method, steps=3):
+    g = torch.Generator().manual_seed(11)
+    items = [{"image": torch.randn(1, *SHAPE, generator=g), "label": torch.randint(0, C, (1, *SHAPE), generator=g)} for _ in range(3)]
+    unl = [{"image": torch.randn(1, *SHAPE, generator=g)} for _ in range(3)]
+    # no reseeding here: shuffling and dropout draw from the global stream left by the method's construction
+    lab_loader = DataLoader(Dataset(items), batch_size=1, shuffle=True)
+    unl_loader = DataLoader(Dataset(unl), batch_size=1, shuffle=True)
+    groups = method.param_groups() if isinstance(method, SCDLMethod) else method.parameters()
+    opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9, weight_decay=3e-5)
+    losses = []
+    trainer = SemiSupervisedTrainer("cpu", 1, lab_loader, unl_loader, method, opt, epoch_length=steps, decollate=False)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"].item()))
+    method.set_unsup_weight(0.1)
+    trainer.run()
+    return losses
+
+
+@pytest.mark.parametrize("off", [{"enabled": False}, {"proxy_weight": 0.0, "sac_weight": 0.0, "injection": "none"}])
+def test_switched_off_reproduces_the_baseline_bit_for_bit(off):
+    baseline = cps(has_dropout=True)
+    losses_ref = _train(baseline)
+    plugged = scdl(cps(has_dropout=True), **off)  # SCDL blocks are built without touching the global RNG
+    losses = _train(plugged)
+    assert losses == losses_ref
+    for name in ("network_a", "network_b"):
+        ref = getattr(baseline, name).state_dict()
+        net = plugged.networks()[name]
+        got = (net.backbone if isinstance(net, SCDLNetwork) else net).state_dict()
+        assert ref.keys() == got.keys()
+        assert all(torch.equal(ref[k], got[k]) for k in ref), name
+    assert isinstance(plugged.networks()["network_a"], SCDLNetwork) == ("injection" in off)
+
+
+# ---------------------------------------------------------------- loss terms and warm-up
+def test_warmup_factor_values():
+    assert [warmup_factor(i, 4) for i in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0
+    assert torch.allclose(warmup_factor(torch.tensor([0, 1, 7]), 4), torch.tensor([0.25, 0.5, 1.0]))
+
+
+def test_terms_are_finite_and_the_warmup_ramps_linearly():
+    method = scdl(cps(), warmup_iters=4, proxy_weight=0.3, sac_weight=0.1)
+    method.set_unsup_weight(0.2)
+    x, y, u = batch()
+    for step in range(3):
+        out = method(x, y, u)
+        t = out.terms
+        ramp = (step + 1) / 4
+        assert t["scdl_warmup"].item() == pytest.approx(ramp)
+        assert all(torch.isfinite(v).all() for v in t.values())
+        assert t["loss_scdl_proxy"].item() == pytest.approx(ramp * 0.3 * (t["scdl_p2e"] + 0.1 * t["scdl_e2p"]).item(), rel=1e-5)
+        assert t["loss_scdl_sac"].item() == pytest.approx(ramp * 0.1 * t["scdl_sac"].item(), rel=1e-5)
+        assert t["loss_scdl"].item() == pytest.approx((t["loss_scdl_proxy"] + t["loss_scdl_sac"]).item(), rel=1e-6)
+        base = t["loss_sup"] + 0.2 * t["loss_cps"]
+        assert out.loss.item() == pytest.approx((base + t["loss_scdl"]).item(), rel=1e-5)
+        assert 0.0 <= t["scdl_sac"].item() <= 4.0  # two networks, each 1 - cos in [0, 2]
+        out.loss.backward()
+    assert method.scdl_iteration.item() == 3
+
+
+def test_sac_gradient_reaches_only_the_proxy_means():
+    method = scdl(cps(), injection="none", proxy_weight=0.0, sac_weight=1.0, warmup_iters=0)
+    x, y, u = batch()
+    out = method(x, y, u)
+    out.loss.backward()
+    for net in method.wrapped_networks().values():
+        grad = net.scdl.proxies.grad
+        d = net.scdl.z_dim
+        assert grad[:, :d].abs().sum() > 0  # μ
+        assert torch.count_nonzero(grad[:, d:]) == 0  # σ: not in L_SAC, proxy term weighted 0
+        assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in net.scdl.projector.parameters())
+
+
+def test_masked_image_and_feature_pool_both_run_and_masked_keeps_bn_statistics():
+    x, y, u = batch(n_l=2, n_u=2)
+    first = scdl(cps(), sac_mode="feature_pool", warmup_iters=0)
+    second = copy.deepcopy(first)
+    second.sac_mode = "masked_image"
+    torch.manual_seed(1)  # same proxy samples in both steps
+    out_fp = first(x, y, u)
+    torch.manual_seed(1)
+    out_mi = second(x, y, u)
+    for out in (out_fp, out_mi):
+        assert torch.isfinite(out.loss) and out.terms["scdl_sac"] > 0
+    # masked forwards ran with BN in eval mode: running stats identical to the feature_pool step
+    buffers_fp = dict(first.named_buffers())
+    for name, buf in second.named_buffers():
+        if "running" in name or "num_batches" in name:
+            assert torch.equal(buf, buffers_fp[name]), name
+    assert second.training and all(m.training for m in second.modules() if isinstance(m, nn.BatchNorm3d))
+    assert not torch.allclose(out_fp.terms["scdl_sac"], out_mi.terms["scdl_sac"])
+
+
+def test_pseudo_label_token_weights_and_paper_forms_run():
+    method = scdl(cps(), token_weights_unlabeled="pseudo_label", p2e_form="paper", e2p_form="paper", warmup_iters=0)
+    out = method(*batch())
+    assert torch.isfinite(out.loss) and out.terms["scdl_p2e"] > 0
+
+
+# ---------------------------------------------------------------- optimizer groups, resume, wrapping
+def test_param_groups_hold_every_scdl_parameter_once_with_wd_1e4():
+    method = scdl(cps())
+    groups = method.param_groups()
+    opt = torch.optim.SGD(groups, lr=0.01, momentum=0.9, weight_decay=3e-5)
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(method.parameters()))
+    scdl_ids = {id(p) for net in method.wrapped_networks().values() for p in net.scdl_parameters()}
+    assert {id(p) for p in opt.param_groups[1]["params"]} == scdl_ids
+    assert opt.param_groups[1]["weight_decay"] == 1e-4 and opt.param_groups[0]["weight_decay"] == 3e-5
+    assert opt.param_groups[1]["momentum"] == 0.9 and opt.param_groups[1]["lr"] == 0.01
+
+
+def test_resume_restores_the_warmup_counter():
+    method = scdl(cps(), warmup_iters=10)
+    x, y, u = batch()
+    for _ in range(2):
+        method(x, y, u)
+    state = method.state_dict()
+    assert state["scdl_iteration"].item() == 2
+    resumed = scdl(cps(seed=3), warmup_iters=10)
+    resumed.load_state_dict(state)
+    assert resumed.scdl_iteration.item() == 2
+    assert resumed(x, y, u).terms["scdl_warmup"].item() == pytest.approx(0.3)
+
+
+def test_a_only_wraps_only_network_a():
+    method = scdl(cps(), networks="A_only")
+    assert method.targets == ("network_a",)
+    assert isinstance(method.network_a, SCDLNetwork) and type(method.network_b) is VNet
+    out = method(*batch())
+    assert torch.isfinite(out.terms["loss_scdl"])
+    groups = method.param_groups()
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in method.network_a.scdl_parameters()}
+
+
+@pytest.mark.parametrize("use_prior", [True, False])
+def test_inference_network_uses_priors_per_config(use_prior):
+    method = scdl(cps(), use_prior_at_inference=use_prior).eval()
+    for net in method.wrapped_networks().values():
+        for proj in net.scdl.injection_projections:
+            nn.init.normal_(proj.weight)
+    infer = method.inference_network()
+    x = batch()[0]
+    with torch.no_grad():
+        plain = LogitMean([method.network_a.backbone, method.network_b.backbone])(x)
+        got = infer(x)
+    assert got.shape == (1, C, *SHAPE)
+    assert torch.equal(got, plain) != use_prior
+
+
+def test_delegates_to_the_base_method():
+    base = cps()
+    method = scdl(base)
+    method.set_unsup_weight(0.07)
+    assert base.unsup_weight.item() == pytest.approx(0.07) and method.unsup_weight.item() == pytest.approx(0.07)
+    assert method.class_weights is not None  # base attribute reached through the wrapper
+    assert method.network_names == ("network_a", "network_b")
+    assert method.net("network_a") is base.network_a
+
+
+# ---------------------------------------------------------------- record selection and errors
+class ShiftedSupervised(Supervised):
+    """Feeds the network a shifted image only: no call starts with the labeled batch."""
+
+    def forward(self, image_l, label_l, image_u=None):
+        logits = self.net("network")(image_l + 1.0)
+        loss = self.loss(logits, label_l)
+        return MethodOutput(loss, logits.detach(), {"loss_sup": loss.detach()})
+
+
+def test_unmatched_calls_raise_and_record_call_selects_explicitly():
+    torch.manual_seed(0)
+    x, y, _ = batch(n_l=2)
+    method = scdl(ShiftedSupervised(VNet(out_channels=C, n_filters=4)))
+    with pytest.raises(ValueError, match="record_call"):
+        method(x, y, None)
+    torch.manual_seed(0)
+    method = scdl(ShiftedSupervised(VNet(out_channels=C, n_filters=4)), record_call=0)
+    assert torch.isfinite(method(x, y, None).terms["loss_scdl"])
+
+
+def test_bad_options_name_the_argument():
+    with pytest.raises(ValueError, match="sac_mode"):
+        scdl(cps(), sac_mode="masked")
+    with pytest.raises(ValueError, match="warmup_iters"):
+        scdl(cps(), warmup_iters=-1)
+    with pytest.raises(ValueError, match="proxy_weight"):
+        scdl(cps(), proxy_weight=-0.3)
+    with pytest.raises(ValueError, match="networks"):
+        scdl(cps(), networks="B_only")
+    with pytest.raises(TypeError, match="base_method"):
+        SCDLMethod(nn.Linear(1, 1), num_classes=C)
+
+
+# ---------------------------------------------------------------- other baselines
+def test_plugs_into_dhc_and_ga_cps():
+    dhc_mod = pytest.importorskip("scdl_monai.methods.dhc")
+    ga_mod = pytest.importorskip("scdl_monai.methods.ga_cps")
+    x, y, u = batch()
+    torch.manual_seed(0)
+    for base in (
+        dhc_mod.DHC(VNet(out_channels=C, n_filters=4), VNet(out_channels=C, n_filters=4), num_classes=C),
+        ga_mod.GACPS(VNet(out_channels=C, n_filters=4), VNet(out_channels=C, n_filters=4)),
+    ):
+        method = scdl(base, warmup_iters=0)
+        out = method(x, y, u)
+        assert torch.isfinite(out.loss) and out.terms["loss_scdl"] > 0, type(base).__name__
+        out.loss.backward()
+
+
+def test_plugs_into_magicnet_with_an_scdl_teacher():
+    mn_mod = pytest.importorskip("scdl_monai.methods.magicnet")
+    net_mod = pytest.importorskip("scdl_monai.networks.magicnet")
+    torch.manual_seed(0)
+    student = net_mod.MagicNetwork(VNet(out_channels=C, n_filters=4), cube_size=16, patch_size=32, hidden_features=16)
+    method = scdl(mn_mod.MagicNet(student, num_classes=C), injection="head", warmup_iters=0)
+    assert method.targets == ("student.backbone",) and method.ema_copies == ("teacher",)
+    assert isinstance(method.teacher, SCDLNetwork) and not any(p.requires_grad for p in method.teacher.parameters())
+    out = method(*batch(n_l=2, n_u=2))
+    assert torch.isfinite(out.terms["loss_scdl"]) and out.terms["loss_scdl"] > 0
+    out.loss.backward()
+    method.update_teacher(0)  # EMA over matching names, SCDL parameters included
+    assert torch.equal(method.teacher.scdl.proxies, method.student.backbone.scdl.proxies)
+    assert isinstance(method.inference_network(), SCDLNetwork)
+
+
+# ---------------------------------------------------------------- optimizer hook and bundle overlay
+def test_add_scdl_param_groups_moves_scdl_parameters_into_their_own_group():
+    method = scdl(cps())
+    # an optimizer given every parameter (as MagicNet's student.parameters() would be)
+    opt = torch.optim.SGD(method.parameters(), lr=0.02, momentum=0.9, nesterov=True, weight_decay=3e-5)
+    from scdl_monai.methods.scdl import add_scdl_param_groups
+
+    assert add_scdl_param_groups(opt, method) is opt
+    add_scdl_param_groups(opt, method)  # idempotent
+    assert len(opt.param_groups) == 2
+    scdl_ids = {id(p) for net in method.wrapped_networks().values() for p in net.scdl_parameters()}
+    assert {id(p) for p in opt.param_groups[1]["params"]} == scdl_ids
+    assert not scdl_ids & {id(p) for p in opt.param_groups[0]["params"]}
+    g = opt.param_groups[1]
+    assert (g["weight_decay"], g["lr"], g["momentum"], g["nesterov"]) == (1e-4, 0.02, 0.9, True)
+
+
+def _components():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "bundles" / "_components"
+    if not (root / "scdl" / "train.json").is_file() or not (root / "train.json").is_file():
+        pytest.skip("bundle components not present")
+    return root
+
+
+TINY = {"n_filters": 4, "scdl_block#z_dim": 8, "scdl_block#num_proxy_samples": 3, "device": "$torch.device('cpu')"}
+
+
+def _parser(files, overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(ConfigParser.load_config_files([str(f) for f in files]))
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+@pytest.mark.parametrize("method_name", ["cps", "dhc", "ga_cps", "magicnet"])
+def test_scdl_overlay_composes_on_baselines(method_name):
+    root = _components()
+    if not (root / "methods" / method_name / "train.json").is_file():
+        pytest.skip(f"no {method_name} overlay yet")
+    base = [root / "train.json", root / "datasets" / "synapse.json", root / "backbones" / "vnet.json"]
+    extra = {"location_hidden_features": 16} if method_name == "magicnet" else {}
+    train = _parser(base + [root / "methods" / method_name / "train.json", root / "scdl" / "train.json"], {**TINY, **extra})
+    method = train.get_parsed_content("method")
+    assert isinstance(method, SCDLMethod) and method.targets
+    opt = train.get_parsed_content("optimizer")
+    sched = train.get_parsed_content("lr_scheduler")
+    scdl_group = [g for g in opt.param_groups if g.get("scdl")]
+    assert len(scdl_group) == 1 and scdl_group[0]["weight_decay"] == 1e-4
+    scdl_ids = {id(p) for net in method.wrapped_networks().values() for p in net.scdl_parameters()}
+    assert {id(p) for p in scdl_group[0]["params"]} == scdl_ids
+    assert len(sched.optimizer.param_groups) == len(opt.param_groups)
+
+    inference = _parser(
+        [root / "inference.json", root / "datasets" / "synapse.json", root / "backbones" / "vnet.json",
+         root / "methods" / method_name / "inference.json", root / "scdl" / "inference.json"],
+        TINY,
+    )  # fmt: skip
+    standalone = inference.get_parsed_content("network")
+    # the checkpoint of the training-time inference network loads strictly into the standalone one
+    standalone.load_state_dict(train.get_parsed_content("inference_network").state_dict(), strict=True)
+
+
+# ---------------------------------------------------------------- DDP (2 CPU processes, gloo)
+DDP_SCRIPT = """
+import os, sys, socket, torch, torch.distributed as dist, torch.multiprocessing as mp
+sys.path.insert(0, {tests!r})
+
+def run(rank, port):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{{port}}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    import test_scdl as T
+    for injection in ("all_stages", "none"):
+        method = T.scdl(T.cps(), injection=injection, warmup_iters=0).wrap_ddp()
+        opt = torch.optim.SGD(method.param_groups(), lr=0.1)
+        method(*T.batch(seed=rank)).loss.backward()  # different data per rank
+        opt.step()
+        flat = torch.cat([p.detach().flatten() for p in method.parameters()])
+        gathered = [torch.zeros_like(flat) for _ in range(2)]
+        dist.all_gather(gathered, flat)
+        assert torch.equal(gathered[0], gathered[1]), injection
+    if rank == 0:
+        print("DDP_OK")
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(run, args=(port,), nprocs=2)
+"""
+
+
+def test_ddp_two_processes_keep_ranks_in_sync(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "ddp_scdl.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).resolve().parent)))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert "DDP_OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_genericssl_is_refused_with_a_clear_message():
+    gssl = pytest.importorskip("scdl_monai.methods.genericssl")
+    diffvnet = pytest.importorskip("scdl_monai.networks.diffvnet")
+    base = gssl.GenericSSL(diffvnet.DiffVNet(out_channels=C, n_filters=4), num_classes=C)
+    # DiffVNet's decoders take no injection yet, and D_theta is reached through theta_logits()
+    with pytest.raises(TypeError, match="encode/decode hooks"):
+        scdl(base)
