@@ -448,16 +448,6 @@ PARITY_QUICK = {
 }  # fmt: skip
 
 
-def _plain_batch(batchdata, device=None, non_blocking=False, **kwargs):
-    """MONAI's default batch preparation, returning plain tensors (the losses slice per-class
-    results, which MetaTensor rejects for batches whose items carry different metadata)."""
-    from monai.engines.utils import default_prepare_batch
-
-    image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)[:2]
-    plain = [x.as_tensor() if hasattr(x, "as_tensor") else x for x in (image, label)]
-    return plain[0], plain[1]
-
-
 def parity_child(config: str, seed: int, size: dict, datalist: str) -> dict:
     """Train CPS on the phantom with one policy and evaluate the held-out cases."""
     import numpy as np
@@ -499,7 +489,6 @@ def parity_child(config: str, seed: int, size: dict, datalist: str) -> dict:
     policy = PrecisionPolicy("fp32") if config == "fp32" else PrecisionPolicy("bf16", channels_last=True)
     trainer = SemiSupervisedTrainer(
         "cpu", 1, lab, unl, method, opts, epoch_length=size["iterations"], decollate=False, precision=policy,
-        prepare_batch=_plain_batch,
     )  # fmt: skip
     t0 = time.perf_counter()
     trainer.run()

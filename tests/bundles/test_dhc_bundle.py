@@ -7,9 +7,6 @@ networks: train (with resume), the Table 3 ablation overlays, and inference with
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -19,50 +16,25 @@ from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from scdl_monai.bundles import build_metadata
 from scdl_monai.weighting import DiffDW, DistDW
 
-from ..conftest import REPO_ROOT
+from .conftest import COMPONENTS, run_torchrun, component_files, write_fake_synapse
+from .conftest import FAKE_SHAPE as SHAPE
+from .conftest import SYNAPSE_CLASSES as C
 
-COMPONENTS = REPO_ROOT / "bundles" / "_components"
-C = 14  # Synapse
-SHAPE = (24, 24, 20)
-
-
-def _write(path, array, dtype):
-    nib.save(nib.Nifti1Image(array.astype(dtype), np.diag([1.5, 1.5, 2.0, 1.0])), str(path))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fake_synapse")
-    rng = np.random.default_rng(0)
-    entries = {"training": [], "unlabeled": [], "validation": []}
-    for i in range(6):  # 2 labeled, 2 unlabeled, 2 validation (one per DDP rank)
-        image = rng.normal(0, 100, SHAPE)
-        label = np.zeros(SHAPE, dtype=np.uint8)
-        for k in range(1, C):  # one small box per organ, so every class is present
-            x, y, z = rng.integers(0, 18, 3)
-            label[x : x + 5, y : y + 5, z : z + 2] = k
-        item = {"image": _write(root / f"img{i}.nii.gz", image, np.float32), "case_id": str(i)}
-        if i < 2:
-            entries["training"].append({**item, "label": _write(root / f"lab{i}.nii.gz", label, np.uint8)})
-        elif i < 4:
-            entries["unlabeled"].append(item)
-        else:
-            entries["validation"].append({**item, "label": _write(root / f"lab{i}.nii.gz", label, np.uint8)})
-    entries["test"] = entries["validation"][:1]
-    (root / "datalist.json").write_text(json.dumps(entries))
-    # metadata of a two-network Synapse bundle (same I/O as DHC) until "dhc" is in scdl_monai.bundles.METHODS
-    (root / "metadata.json").write_text(json.dumps(build_metadata("cps", "synapse")))
-    return root
+    return write_fake_synapse(
+        tmp_path_factory.mktemp("fake_synapse"),
+        roles=("training", "training", "unlabeled", "unlabeled", "validation,test", "validation"),
+        metadata_method="cps",  # two-network I/O until "dhc" is in scdl_monai.bundles.METHODS
+    )
 
 
 def config_files(kind, *extra):
-    files = [COMPONENTS / f"{kind}.json", COMPONENTS / "datasets" / "synapse.json", COMPONENTS / "backbones" / "vnet.json"]
-    files += [COMPONENTS / "methods" / "dhc" / f"{kind}.json"] + [COMPONENTS / "methods" / "dhc" / e for e in extra]
-    return [str(f) for f in files]
+    return component_files(kind, "methods/dhc", overlays=[f"methods/dhc/{e}" for e in extra])
 
 
 TINY = {"n_filters": 4, "patch_size": [32, 32, 32], "num_workers": 0, "cache_rate": 0.0, "batch_size": 1,
@@ -175,18 +147,8 @@ def test_table3_ablations_are_config_only(tmp_path, dataset, overlay, types):
 def test_dhc_multi_gpu_overlay_two_processes(tmp_path, dataset):
     """torchrun, 2 CPU processes (gloo): DDP networks, per-rank trackers, rank-0 logging and checkpoints."""
     files = config_files("train") + [str(COMPONENTS / "multi_gpu_train.json")]
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
-            "run", "--config_file", repr(files), "--meta_file", str(dataset / "metadata.json"),
-            "--logging_file", str(COMPONENTS / "logging.conf"), "--bundle_root", str(tmp_path),
-            "--dataset_dir", str(dataset), "--resume_from", "''", "--train#trainer#max_epochs", "1"]  # fmt: skip
-    for key, value in TINY.items():
-        args += [f"--{key}", repr(value) if isinstance(value, bool) else json.dumps(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    try:
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
-    except subprocess.TimeoutExpired:
-        pytest.fail("DDP run hung (a collective run on rank 0 only?)")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    overrides = {**TINY, "resume_from": "", "train#trainer#max_epochs": 1}
+    proc = run_torchrun(files, dataset, tmp_path, overrides, timeout=120)
     ckpt = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=True)
     assert not any(k.startswith("module.") or ".module." in k for k in ckpt["method"])  # unwrapped networks
     assert bool(ckpt["method"]["trackers_started"])

@@ -8,79 +8,33 @@ DDP training with torchrun (gloo).
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 
-from scdl_monai.bundles import build_metadata
 from scdl_monai.losses.ga import GACELoss
 from scdl_monai.methods.ga_cps import GACPS
 
-from ..conftest import REPO_ROOT
+from .conftest import run_torchrun, bundle_workflow, component_files, write_fake_synapse
+from .conftest import FAKE_SHAPE as SHAPE
+from .conftest import SYNAPSE_CLASSES as C
 
-COMPONENTS = REPO_ROOT / "bundles" / "_components"
-C = 14  # Synapse
-SHAPE = (24, 24, 20)
 TINY = {"n_filters": 4, "patch_size": [32, 32, 32], "num_workers": 0, "cache_rate": 0.0, "batch_size": 1,
         "unlabeled_batch_size": 1, "val_interval": 1, "amp": False}  # fmt: skip
 
 
-def _write(path, array, dtype):
-    nib.save(nib.Nifti1Image(array.astype(dtype), np.diag([1.5, 1.5, 2.0, 1.0])), str(path))
-    return str(path)
-
-
-ROLES = ["training", "training", "unlabeled", "unlabeled", "validation", "test", "validation"]
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fake_synapse_ga")
-    rng = np.random.default_rng(0)
-    entries = {"training": [], "unlabeled": [], "validation": [], "test": []}
-    for i in range(7):  # 2 labeled, 2 unlabeled, 2 validation (one per DDP rank), 1 test
-        image = rng.normal(0, 100, SHAPE)
-        label = np.zeros(SHAPE, dtype=np.uint8)
-        for k in range(1, C):
-            x, y, z = rng.integers(0, 18, 3)
-            label[x : x + 5, y : y + 5, z : z + 2] = k
-        item = {"image": _write(root / f"img{i}.nii.gz", image, np.float32), "case_id": str(i)}
-        key = ROLES[i]
-        if key != "unlabeled":
-            item["label"] = _write(root / f"lab{i}.nii.gz", label, np.uint8)
-        entries[key].append(item)
-    (root / "datalist.json").write_text(json.dumps(entries))
-    # two-network Synapse metadata (same I/O as CPS) until "ga_cps" is in scdl_monai.bundles.METHODS
-    (root / "metadata.json").write_text(json.dumps(build_metadata("cps", "synapse")))
-    return root
+    return write_fake_synapse(tmp_path_factory.mktemp("fake_synapse_ga"))
 
 
 def config_files(kind, *overlays):
-    """Generator order; ``kind="evaluate"`` is the train config plus the evaluate overlay."""
-    base = "train" if kind == "evaluate" else kind
-    files = [COMPONENTS / f"{base}.json", COMPONENTS / "datasets" / "synapse.json",
-             COMPONENTS / "backbones" / "vnet.json", COMPONENTS / "methods" / "ga_cps" / f"{base}.json"]  # fmt: skip
-    files += [COMPONENTS / o for o in overlays]
-    return [str(f) for f in files]
+    return component_files(kind, "methods/ga_cps", overlays=overlays)
 
 
-def workflow(config_file, dataset, bundle_root, workflow_type="train", **overrides):
-    wf = ConfigWorkflow(
-        config_file=config_file,
-        workflow_type=workflow_type,
-        meta_file=str(dataset / "metadata.json"),
-        logging_file=str(COMPONENTS / "logging.conf"),
-        bundle_root=str(bundle_root),
-        **overrides,
-    )
-    wf.initialize()
-    return wf
+workflow = bundle_workflow
 
 
 def test_ga_cps_train_evaluate_inference(tmp_path, dataset):
@@ -126,24 +80,7 @@ def test_ga_cps_train_evaluate_inference(tmp_path, dataset):
 def test_ga_cps_two_process_ddp(tmp_path, dataset):
     files = config_files("train", "multi_gpu_train.json")
     overrides = {**TINY, "train#trainer#max_epochs": 1, "resume_from": "", "val_interval": 1000}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
-           "run", "--config_file", json.dumps(files), "--meta_file", str(dataset / "metadata.json"),
-           "--logging_file", str(COMPONENTS / "logging.conf"), "--bundle_root", str(tmp_path),
-           "--dataset_dir", str(dataset)]  # fmt: skip
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value) if isinstance(value, bool) else json.dumps(value)]  # fire: True/False
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = None
-    for _ in range(2):  # one retry: the rendezvous port can race with other torchrun jobs on the machine
-        try:
-            result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
-        except subprocess.TimeoutExpired:
-            continue
-        if result.returncode == 0:
-            break
-    assert result is not None, "torchrun timed out twice"
-    errors = "\n".join(line for line in result.stderr.splitlines() if "Error" in line)
-    assert result.returncode == 0, (result.stdout[-2000:], errors[-3000:])
+    run_torchrun(files, dataset, tmp_path, overrides)
     ckpt = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=True)
     assert not any(k.startswith("module.") or ".module." in k for k in ckpt["method"])
     assert ckpt["trainer"]["iteration"] == 1  # one unlabeled case per rank -> one iteration per epoch

@@ -8,80 +8,39 @@ derived AMOS composition (C = 16), and two-process DDP training with torchrun (g
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from scdl_monai.bundles import build_metadata
 from scdl_monai.data.strong_aug import StrongAugd
 from scdl_monai.methods.genericssl import GenericSSL
 from scdl_monai.networks.diffvnet import DiffVNet
 
-from ..conftest import REPO_ROOT
+from .conftest import run_torchrun, bundle_workflow, component_files, write_fake_synapse
+from .conftest import FAKE_SHAPE as SHAPE
+from .conftest import SYNAPSE_CLASSES as C
 
-COMPONENTS = REPO_ROOT / "bundles" / "_components"
-C = 14  # Synapse
-SHAPE = (24, 24, 20)
 TINY = {"n_filters": 4, "patch_size": [32, 32, 32], "num_workers": 0, "cache_rate": 0.0, "batch_size": 1,
         "unlabeled_batch_size": 1, "val_interval": 1, "amp": False}  # fmt: skip
 
 
-def _write(path, array, dtype):
-    nib.save(nib.Nifti1Image(array.astype(dtype), np.diag([1.5, 1.5, 2.0, 1.0])), str(path))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fake_synapse_genericssl")
-    rng = np.random.default_rng(0)
-    entries = {"training": [], "unlabeled": [], "validation": [], "test": []}
-    for i in range(6):
-        image = rng.normal(0, 100, SHAPE)
-        label = np.zeros(SHAPE, dtype=np.uint8)
-        for k in range(1, C):
-            x, y, z = rng.integers(0, 18, 3)
-            label[x : x + 5, y : y + 5, z : z + 2] = k
-        item = {"image": _write(root / f"img{i}.nii.gz", image, np.float32), "case_id": str(i)}
-        labeled = {**item, "label": _write(root / f"lab{i}.nii.gz", label, np.uint8)} if i in (0, 1, 4, 5) else None
-        key = {0: "training", 1: "training", 2: "unlabeled", 3: "unlabeled", 4: "validation", 5: "test"}[i]
-        entries[key].append(labeled or item)
-    # two validation cases: DistributedSampler(even_divisible=False) needs one per rank
-    entries["validation"] += entries["test"]
-    (root / "datalist.json").write_text(json.dumps(entries))
-    # single-network Synapse metadata (the inference network has one backbone's I/O) until
-    # "genericssl" is in scdl_monai.bundles.METHODS
-    (root / "metadata.json").write_text(json.dumps(build_metadata("supervised", "synapse")))
-    return root
+    return write_fake_synapse(
+        tmp_path_factory.mktemp("fake_synapse_genericssl"),
+        roles=("training", "training", "unlabeled", "unlabeled", "validation", "validation,test"),
+        metadata_method="supervised",  # single-network I/O until "genericssl" is in scdl_monai.bundles.METHODS
+    )
 
 
 def config_files(kind, *overlays, dataset="synapse"):
-    base = kind if kind != "evaluate" else "train"
-    files = [COMPONENTS / f"{base}.json", COMPONENTS / "datasets" / f"{dataset}.json",
-             COMPONENTS / "backbones" / "vnet.json",
-             COMPONENTS / "methods" / "genericssl" / f"{base}.json"]  # fmt: skip
-    files += [COMPONENTS / o for o in overlays]
-    return [str(f) for f in files]
+    return component_files(kind, "methods/genericssl", overlays=overlays, dataset=dataset)
 
 
-def workflow(config_file, dataset, bundle_root, workflow_type="train", **overrides):
-    wf = ConfigWorkflow(
-        config_file=config_file,
-        workflow_type=workflow_type,
-        meta_file=str(dataset / "metadata.json"),
-        logging_file=str(COMPONENTS / "logging.conf"),
-        bundle_root=str(bundle_root),
-        **overrides,
-    )
-    wf.initialize()
-    return wf
+workflow = bundle_workflow
 
 
 def test_genericssl_train_evaluate_inference(tmp_path, dataset):
@@ -152,20 +111,8 @@ def test_amos_is_the_same_overlay_with_sixteen_classes(tmp_path, dataset):
 
 def test_genericssl_two_process_ddp(tmp_path, dataset):
     files = config_files("train", "multi_gpu_train.json")
-    # no "amp" here: the CLI (fire) reads `--amp false` as the string "false"; the default is off on CPU
     overrides = {**TINY, "train#trainer#max_epochs": 1, "resume_from": "", "val_interval": 1000}
-    overrides.pop("amp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
-           "run", "--config_file", json.dumps(files), "--meta_file", str(dataset / "metadata.json"),
-           "--logging_file", str(COMPONENTS / "logging.conf"), "--bundle_root", str(tmp_path),
-           "--dataset_dir", str(dataset)]  # fmt: skip
-    for key, value in overrides.items():
-        cmd += [f"--{key}", json.dumps(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
-    if result.returncode != 0:  # one retry: the rendezvous port can race with other jobs on the machine
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
-    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+    run_torchrun(files, dataset, tmp_path, overrides)
     ckpt = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=True)
     assert not any(k.startswith("module.") or ".module." in k or "_passes" in k for k in ckpt["method"])
     assert ckpt["trainer"]["iteration"] == 1  # one unlabeled case per rank -> one iteration per epoch

@@ -14,56 +14,30 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from scdl_monai.bundles import build_metadata
 from scdl_monai.losses.ga import GACELoss, GADiceLoss
 from scdl_monai.methods.magicnet import MagicNet, ema_momentum
 from scdl_monai.networks.vnet import VNet
 
-from ..conftest import REPO_ROOT
+from .conftest import COMPONENTS, component_files, write_fake_synapse
+from .conftest import FAKE_SHAPE as SHAPE
+from .conftest import SYNAPSE_CLASSES as C
 
-COMPONENTS = REPO_ROOT / "bundles" / "_components"
-C = 14  # Synapse
-SHAPE = (24, 24, 20)
 TINY = {"n_filters": 4, "patch_size": [48, 48, 48], "cube_size": 16, "location_hidden_features": 32,
         "network_def#norm": "batch", "num_workers": 0, "cache_rate": 0.0, "batch_size": 1,
         "unlabeled_batch_size": 1, "val_interval": 2, "amp": False}  # fmt: skip
 
 
-def _write(path, array, dtype):
-    nib.save(nib.Nifti1Image(array.astype(dtype), np.diag([1.5, 1.5, 2.0, 1.0])), str(path))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fake_synapse_magicnet")
-    rng = np.random.default_rng(0)
-    entries = {"training": [], "unlabeled": [], "validation": []}
-    for i in range(5):
-        image = rng.normal(0, 100, SHAPE)
-        label = np.zeros(SHAPE, dtype=np.uint8)
-        for k in range(1, C):
-            x, y, z = rng.integers(0, 18, 3)
-            label[x : x + 5, y : y + 5, z : z + 2] = k
-        item = {"image": _write(root / f"img{i}.nii.gz", image, np.float32), "case_id": str(i)}
-        if i < 2:
-            entries["training"].append({**item, "label": _write(root / f"lab{i}.nii.gz", label, np.uint8)})
-        elif i < 4:
-            entries["unlabeled"].append(item)
-        else:
-            entries["validation"].append({**item, "label": _write(root / f"lab{i}.nii.gz", label, np.uint8)})
-    (root / "datalist.json").write_text(json.dumps(entries))
-    # single-network Synapse metadata until "magicnet" is in scdl_monai.bundles.METHODS
-    (root / "metadata.json").write_text(json.dumps(build_metadata("supervised", "synapse")))
-    return root
+    return write_fake_synapse(
+        tmp_path_factory.mktemp("fake_synapse_magicnet"),
+        roles=("training", "training", "unlabeled", "unlabeled", "validation"),
+        metadata_method="supervised",  # single-network I/O until "magicnet" is in scdl_monai.bundles.METHODS
+    )
 
 
 def config_files(kind, *extra):
-    method_dir = COMPONENTS / "methods" / "magicnet"
-    files = [COMPONENTS / f"{kind}.json", COMPONENTS / "datasets" / "synapse.json"]
-    files += [COMPONENTS / "backbones" / "vnet.json"]
-    files += [method_dir / f"{kind}.json"] + [method_dir / e for e in extra]
-    return [str(f) for f in files]
+    return component_files(kind, "methods/magicnet", overlays=[f"methods/magicnet/{e}" for e in extra])
 
 
 def run_train(bundle_root, dataset, *extra, run=True, **overrides):

@@ -385,3 +385,24 @@ def test_two_rank_ddp_keeps_networks_in_sync(tmp_path):
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, (result.stdout[-1000:], result.stderr[-3000:])
     assert "DDP_OK" in result.stdout
+
+
+def test_cps_receives_plain_tensors_from_metatensor_batches():
+    """Labeled and unlabeled MetaTensor batches with different metadata (as LoadImaged gives for files
+    of different shapes/affines) must not reach the method: CPS concatenates them and MetaTensor
+    refuses inconsistent batched metadata."""
+    from monai.data import MetaTensor
+
+    def meta(t, affine_scale):
+        return MetaTensor(t, affine=torch.diag(torch.tensor([affine_scale, affine_scale, 2.0, 1.0])),
+                          meta={"filename_or_obj": f"case_{affine_scale}.nii.gz"})  # fmt: skip
+
+    lab = [{k: meta(v, 1.0 + i) for k, v in item.items()} for i, item in enumerate(labeled_items(2))]
+    unl = [{"image": meta(item["image"], 5.0 + i)} for i, item in enumerate(unlabeled_items(2))]
+    method = CPS(vnet(0), vnet(1))
+    opt = torch.optim.SGD(method.parameters(), lr=0.01)
+    trainer = SemiSupervisedTrainer(
+        "cpu", 1, DataLoader(Dataset(lab), batch_size=2), DataLoader(Dataset(unl), batch_size=2), method, opt
+    )
+    trainer.run()
+    assert trainer.state.iteration == 1 and math.isfinite(float(trainer.state.output[0][SSLKeys.LOSS]))
