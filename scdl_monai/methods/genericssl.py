@@ -103,7 +103,9 @@ class _TrainingPasses(nn.Module):
         xi_logits_l = self.network.denoise(image_l, x_t, t)
         psi_logits_l = self.network.difficulty_logits(image_l)
         pseudo_label = self._pseudo_labeller(image_u).labels
-        theta_logits_u = self.network.theta_logits(image_u)
+        # ``network(x)`` is D_θ (DiffVNet.forward); called as the module so that a wrapper (SCDL's
+        # SCDLNetwork: prior injected into D_θ, outputs recorded) sees this pass
+        theta_logits_u = self.network(image_u)
         return GenericSSLPasses(xi_logits_l, psi_logits_l, pseudo_label, theta_logits_u)
 
 
@@ -192,6 +194,9 @@ class GenericSSL(SemiSupervisedMethod):
     """
 
     network_names = ("network",)
+    #: SCDL plug-in (``SCDLMethod(labeled_pass="auto")``): D_θ, the decoder that carries the prior,
+    #: sees only unlabeled images, so the labeled tokens need their own encoder pass.
+    scdl_labeled_pass = "encoder"
 
     def __init__(
         self,
@@ -327,6 +332,9 @@ class GenericSSL(SemiSupervisedMethod):
         return fuse_pseudo_labels(x0_hat, psi_logits_u, **self.fusion_kwargs)
 
     def _runner(self) -> nn.Module:
+        if "passes" not in self._ddp_wrappers and self._passes.network is not self.network:
+            # the network was replaced after construction (e.g. wrapped by SCDLMethod): follow it
+            object.__setattr__(self, "_passes", _TrainingPasses(self.network, self.pseudo_labels))
         return self._ddp_wrappers.get("passes", self._passes)
 
     def _check_inputs(
@@ -410,6 +418,7 @@ class GenericSSL(SemiSupervisedMethod):
         """
         from torch.nn.parallel import DistributedDataParallel
 
+        self._runner()  # follow a replaced network before wrapping
         wrapper = DistributedDataParallel(self._passes, **ddp_kwargs)
         wrapper.train(self.training)
         self._ddp_wrappers = {"passes": wrapper}

@@ -66,6 +66,7 @@ __all__ = [
     "SCDLMethod",
     "SAC_MODES",
     "UNLABELED_WEIGHTS",
+    "LABELED_PASSES",
     "warmup_factor",
     "add_scdl_param_groups",
     "scdl_inference_network",
@@ -75,6 +76,8 @@ __all__ = [
 SAC_MODES = ("feature_pool", "masked_image")
 #: Token weights of unlabeled tokens: sharpened assignment (reference) or pseudo-label proportions.
 UNLABELED_WEIGHTS = ("assignment", "pseudo_label")
+#: Source of the labeled tokens: the recorded call that saw the labeled batch, or an extra encoder pass.
+LABELED_PASSES = ("recorded", "encoder")
 
 _HOOKS = ("encode", "decode", "feature_channels", "decoder_channels")
 
@@ -171,6 +174,15 @@ class SCDLMethod(SemiSupervisedMethod):
             the normalisation layers).
         sac_chunk_size: masked images per encoder call (``None``: all at once).
         record_call: ``"match"`` (default, see module docstring) or the index of the recorded call.
+        labeled_pass: where the labeled tokens come from: ``"auto"`` (default: the base method's
+            class attribute ``scdl_labeled_pass``, else ``"recorded"``), ``"recorded"`` (the recorded
+            call that saw the labeled batch) or ``"encoder"`` — an extra encoder-only pass of the
+            labeled images through the wrapped network (:meth:`SCDLNetwork.encoder_scdl`; needs
+            ``token_source="encoder"``). GenericSSL needs ``"encoder"``: its prior-carrying decoder
+            D_θ only sees unlabeled images, the labeled images reach the shared encoder through
+            D_ξ/D_ψ paths the wrapper does not intercept (METHODS.md §7: "GenericSSL: tokens from
+            the shared encoder, inject into D_θ"). Unlabeled tokens still come from the recorded
+            call on the unlabeled batch (D_θ's).
         init_seed: seed of the SCDL blocks' initialisation (network ``k`` uses ``init_seed + k``);
             ``None`` = ``torch.initial_seed()``. They are built inside ``torch.random.fork_rng`` so
             the global random stream (data order, augmentation, dropout) is the baseline's.
@@ -219,6 +231,7 @@ class SCDLMethod(SemiSupervisedMethod):
         record_call: str | int = "match",
         init_seed: int | None = None,
         enabled: bool = True,
+        labeled_pass: str = "auto",
     ) -> None:
         super().__init__()
         if not isinstance(base_method, SemiSupervisedMethod):
@@ -258,6 +271,11 @@ class SCDLMethod(SemiSupervisedMethod):
         self.sac_eval_dropout = sac_eval_dropout
         self.sac_chunk_size = sac_chunk_size
         self.record_call = record_call
+        if labeled_pass == "auto":
+            labeled_pass = getattr(base_method, "scdl_labeled_pass", "recorded")
+        self.labeled_pass = _option("labeled_pass", labeled_pass, LABELED_PASSES)
+        if self.labeled_pass == "encoder" and token_source != "encoder":
+            raise ValueError("SCDLMethod: labeled_pass='encoder' needs token_source='encoder'.")
         self.proxy_loss = ProxyLoss(e2p_weight=_nonneg("e2p_weight", e2p_weight), p2e_form=p2e_form, e2p_form=e2p_form)
         self.sac_loss = SACLoss()
         self.register_buffer("scdl_iteration", torch.zeros((), dtype=torch.long))
@@ -497,27 +515,36 @@ class SCDLMethod(SemiSupervisedMethod):
             raise ValueError(
                 f"SCDLMethod: none of the {len(calls)} recorded calls of network {path!r} starts with the labeled "
                 "batch, so ground-truth token weights cannot be attributed; set `record_call` to the index of the "
-                "call whose first B_l samples are the labeled images."
+                "call whose first B_l samples are the labeled images, or labeled_pass='encoder' for an extra "
+                "encoder pass of the labeled images."
             )
         if labeled.image.shape[0] > n_l:
             return labeled, labeled, n_l
-        if image_u is not None:
-            plain_u = _plain(image_u)
-            n_u = plain_u.shape[0]
-            unlabeled = next(
-                (c for c in calls if c.image.shape[0] >= n_u and torch.equal(_plain(c.image[:n_u]), plain_u)), None
-            )
-            if unlabeled is not None:
-                return labeled, unlabeled, 0
+        unlabeled = self._select_unlabeled(path, calls, image_u)
+        if unlabeled is not None:
+            return labeled, unlabeled, 0
         return labeled, None, n_l
+
+    @staticmethod
+    def _select_unlabeled(path: str, calls: list[SCDLRecord], image_u: torch.Tensor | None) -> SCDLRecord | None:
+        """The recorded call that starts with the unlabeled batch (``labeled_pass="encoder"``)."""
+        if image_u is None:
+            return None
+        plain_u = _plain(image_u)
+        n_u = plain_u.shape[0]
+        return next((c for c in calls if c.image.shape[0] >= n_u and torch.equal(_plain(c.image[:n_u]), plain_u)), None)
 
     def _scdl_terms(self, wrapped, records, image_l, label_l, image_u):
         n_l = image_l.shape[0]
         weights_cache: dict[tuple, torch.Tensor] = {}
         p2e_sum = e2p_sum = proxy_sum = sac_sum = None
         for path, net in wrapped.items():
-            labeled, unlabeled, start = self._select(path, records[path], image_l, image_u)
-            out_l = labeled.scdl
+            if self.labeled_pass == "encoder":
+                out_l = net.encoder_scdl(_plain(image_l))
+                unlabeled, start = self._select_unlabeled(path, records[path], image_u), 0
+            else:
+                labeled, unlabeled, start = self._select(path, records[path], image_l, image_u)
+                out_l = labeled.scdl
             grid = tuple(out_l.prior.shape[2:])
             if grid not in weights_cache:
                 weights_cache[grid] = token_weights_from_labels(label_l, self.num_classes, grid).to(out_l.assignment.device)

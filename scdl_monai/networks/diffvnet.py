@@ -252,16 +252,48 @@ class DiffVNetDecoder(nn.Module):
         self.head = Conv[Conv.CONV, spatial_dims](n_filters, out_channels, kernel_size=1)
 
     def forward(self, features: Sequence[torch.Tensor], temb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode(features, temb)[0]
+
+    def decode(
+        self,
+        features: Sequence[torch.Tensor],
+        temb: torch.Tensor | None = None,
+        injection: Sequence[torch.Tensor | None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, last_feature)``; ``injection[k]`` (or None) is added to stage ``k`` after its skip-sum.
+
+        The injection points are those of :meth:`scdl_monai.networks.vnet.VNet.decode` (the SCDL
+        prior hook, METHODS.md §7); ``last_feature`` is what the 1×1 head sees (after dropout).
+
+        Raises:
+            ValueError: wrong number of features or injections, or an injection that does not
+                broadcast to its stage.
+        """
         if len(features) != len(_ENCODER_UNITS):
             raise ValueError(f"DiffVNetDecoder: expected {len(_ENCODER_UNITS)} features, got {len(features)}.")
+        inject = [None] * len(self.stages) if injection is None else list(injection)
+        if len(inject) != len(self.stages):
+            raise ValueError(f"DiffVNetDecoder: expected {len(self.stages)} injections (or None), got {len(inject)}.")
         temb_act = F.silu(temb) if temb is not None else None
         skips = list(features[:-1])[::-1]
         h = features[-1]
-        for up, stage, skip in zip(self.upsamples, self.stages, skips):
-            h = stage(up(h, temb_act) + skip, temb_act)
+        for k, (up, stage, skip) in enumerate(zip(self.upsamples, self.stages, skips)):
+            h = up(h, temb_act) + skip
+            if inject[k] is not None:
+                try:
+                    compatible = torch.broadcast_shapes(h.shape, inject[k].shape) == h.shape
+                except RuntimeError:
+                    compatible = False
+                if not compatible:
+                    raise ValueError(
+                        f"DiffVNetDecoder: injection[{k}] of shape {tuple(inject[k].shape)} does not broadcast "
+                        f"to decoder stage {k} of shape {tuple(h.shape)}."
+                    )
+                h = h + inject[k]
+            h = stage(h, temb_act)
         if self.dropout is not None:
             h = self.dropout(h)
-        return self.head(h)
+        return self.head(h), h
 
 
 class DiffVNet(nn.Module):
@@ -346,6 +378,8 @@ class DiffVNet(nn.Module):
         self.n_filters = n_filters
         #: encoder feature widths of x1..x5
         self.feature_channels: tuple[int, ...] = widths
+        #: widths of the decoder stages (8n, 4n, 2n, n), as in VNet (SCDL injection hook)
+        self.decoder_channels: tuple[int, ...] = tuple(reversed(widths[:-1]))
         hidden = 4 * time_dim
         common = dict(norm=norm, num_groups=num_groups)
         unit_p, drop_p = float(unit_dropout), float(dropout_prob)
@@ -456,3 +490,23 @@ class DiffVNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Inference network (D_θ): ``(B, in_channels, *spatial) -> (B, C, *spatial)`` logits."""
         return self.theta_logits(x)
+
+    # ------------------------------------------------------------------ VNet-style hooks (D_θ path)
+    def decode(
+        self, features: Sequence[torch.Tensor], injection: Sequence[torch.Tensor | None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """D_θ decoder with optional per-stage injection: ``(logits, last_feature)``.
+
+        With :meth:`encode` (image stem, no ``t``), :attr:`feature_channels`,
+        :attr:`decoder_channels` and :attr:`head` this gives DiffVNet the encoder/decoder hooks of
+        :class:`~scdl_monai.networks.vnet.VNet` for its inference path, so
+        :class:`~scdl_monai.networks.scdl_network.SCDLNetwork` can wrap it: tokens from the shared
+        encoder, prior injected into D_θ (METHODS.md §7, "GenericSSL: tokens from the shared
+        encoder, inject into D_θ"). ``decode(encode(x))[0]`` equals ``forward(x)``.
+        """
+        return self.decoder_theta.decode(features, None, injection)
+
+    @property
+    def head(self) -> nn.Module:
+        """D_θ's 1×1 output layer (for SCDL ``injection="head"``)."""
+        return self.decoder_theta.head

@@ -301,6 +301,22 @@ class SCDLNetwork(nn.Module):
             self._records.append(SCDLRecord(x, logits, out))
         return logits
 
+    def encoder_scdl(self, x: torch.Tensor) -> SCDLOutput:
+        """SCDL outputs of the encoder tokens of ``x`` alone (no decoder, no prior, never recorded).
+
+        For methods whose decoder path that carries the prior never sees the labeled images
+        (GenericSSL: D_θ runs on unlabeled images only), the labeled tokens come from this extra
+        encoder pass (``SCDLMethod(labeled_pass="encoder")``).
+
+        Raises:
+            ValueError: ``token_source`` is not ``"encoder"``.
+        """
+        if self.token_source != "encoder":
+            raise ValueError(
+                f"SCDLNetwork.encoder_scdl: needs token_source='encoder', this network uses {self.token_source!r}."
+            )
+        return self.scdl(self.token_extractor(self.backbone.encode(x)[self.token_stage]))
+
     def token_embeddings(self, x: torch.Tensor) -> torch.Tensor:
         """Token embeddings ``z = MLP(tokens)`` as a map ``(B, z_dim, *grid)``, no prior, no proxies.
 

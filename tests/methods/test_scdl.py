@@ -375,10 +375,43 @@ def test_ddp_two_processes_keep_ranks_in_sync(tmp_path):
     assert "DDP_OK" in result.stdout, result.stderr[-3000:]
 
 
-def test_genericssl_is_refused_with_a_clear_message():
+def _genericssl(seed=0):
     gssl = pytest.importorskip("scdl_monai.methods.genericssl")
     diffvnet = pytest.importorskip("scdl_monai.networks.diffvnet")
-    base = gssl.GenericSSL(diffvnet.DiffVNet(out_channels=C, n_filters=4), num_classes=C)
-    # DiffVNet's decoders take no injection yet, and D_theta is reached through theta_logits()
-    with pytest.raises(TypeError, match="encode/decode hooks"):
-        scdl(base)
+    torch.manual_seed(seed)
+    return gssl.GenericSSL(diffvnet.DiffVNet(out_channels=C, n_filters=4), num_classes=C)
+
+
+def test_plugs_into_genericssl_tokens_from_the_shared_encoder_prior_into_d_theta():
+    method = scdl(_genericssl(), warmup_iters=0)
+    assert method.targets == ("network",) and method.labeled_pass == "encoder"  # "auto" -> the base's choice
+    net = method.wrapped_networks()["network"]
+    x, y, u = batch(n_l=2, n_u=2)
+    out = method.train_step(None, x, y, u)
+    assert torch.isfinite(out.loss) and out.terms["loss_scdl"] > 0 and out.terms["scdl_p2e"] > 0
+    out.loss.backward()
+    # the proxy loss trains the SCDL block and, through the labeled tokens, the shared encoder
+    assert net.scdl.proxies.grad is not None and net.scdl.proxies.grad.abs().sum() > 0
+    assert net.backbone.encoder.stages[2].units[0].conv.weight.grad.abs().sum() > 0
+    # the prior reaches D_theta: with injection the inference output differs from the bare DiffVNet's
+    net.eval()
+    with torch.no_grad():
+        assert not torch.allclose(net(x), net.backbone(x))
+
+
+def test_genericssl_recorded_labeled_pass_fails_with_a_hint():
+    method = scdl(_genericssl(), labeled_pass="recorded", warmup_iters=0)
+    with pytest.raises(ValueError, match="labeled_pass='encoder'"):
+        method.train_step(None, *batch(n_l=2, n_u=2))
+
+
+def test_genericssl_switched_off_is_the_baseline():
+    x, y, u = batch(n_l=2, n_u=2)
+    ref = _genericssl(seed=3)
+    torch.manual_seed(5)
+    expected = ref.train_step(None, x, y, u)
+    method = scdl(_genericssl(seed=3), proxy_weight=0.0, sac_weight=0.0, injection="none")
+    torch.manual_seed(5)
+    got = method.train_step(None, x, y, u)
+    assert torch.equal(got.loss.detach(), expected.loss.detach())
+    assert torch.equal(got.pred, expected.pred)

@@ -140,3 +140,20 @@ def test_errors(net):
     with pytest.raises(ValueError, match="num_groups"):
         DiffVNet(norm="group", n_filters=4, num_groups=16)
     assert net.is_valid_shape((32, 48, 16)) and not net.is_valid_shape((1, 1, 32, 40, 16))
+
+
+def test_vnet_style_hooks_reproduce_d_theta_and_take_an_injection():
+    torch.manual_seed(0)
+    net = DiffVNet(out_channels=3, n_filters=4).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        features = net.encode(x)
+        logits, last = net.decode(features)
+        assert torch.equal(logits, net(x)) and last.shape == (1, 4, 16, 16, 16)
+        assert net.decoder_channels == (32, 16, 8, 4) and net.head is net.decoder_theta.head
+        zero = [torch.zeros(1, c, 1, 1, 1) for c in net.decoder_channels]
+        assert torch.equal(net.decode(features, zero)[0], logits)
+        bumped = [None, None, torch.ones(1, 8, 1, 1, 1), None]
+        assert not torch.allclose(net.decode(features, bumped)[0], logits)
+        with pytest.raises(ValueError, match="injection\\[0\\]"):
+            net.decode(features, [torch.ones(1, 5, 1, 1, 1), None, None, None])
