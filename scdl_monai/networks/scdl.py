@@ -313,23 +313,28 @@ class SCDL(nn.Module):
         grid = tokens.shape[2:]
         x = tokens.flatten(2).transpose(1, 2)  # (B, L, x_dim)
         z = self.projector(x)
-        z_hat = F.normalize(z, dim=-1)
-        mu, sigma = self.proxy_parameters()
-        mu_hat = F.normalize(mu, dim=-1)
+        # The class statistics (cosines, softmax assignments at tau 0.2, priors) stay float32 under a
+        # bf16/fp16 autocast policy: a bf16 cosine has ~3 significant digits, amplified 5x by 1/tau
+        # (precision.py "Where float32 is kept"). Tokens are few (patch/8 per axis): negligible cost.
+        with torch.autocast(tokens.device.type, enabled=False):
+            z = z.float()
+            z_hat = F.normalize(z, dim=-1)
+            mu, sigma = self.proxy_parameters()
+            mu_hat = F.normalize(mu, dim=-1)
 
-        if self.training or self.eval_proxy_samples == "sample":
-            proxy_centers = self.sample_proxies().mean(dim=1)  # (C, D): mean of unit samples
-        else:
-            proxy_centers = mu_hat
-        assignment = z_hat @ proxy_centers.t()  # mean_s cos(ẑ, z̃_s) by linearity
-        similarity = z_hat @ mu_hat.t()
-        probs = torch.softmax(similarity / self.tau_e2p, dim=-1)
-        probs_p2e = probs if self.tau_p2e == self.tau_e2p else torch.softmax(similarity / self.tau_p2e, dim=-1)
+            if self.training or self.eval_proxy_samples == "sample":
+                proxy_centers = self.sample_proxies().mean(dim=1)  # (C, D): mean of unit samples
+            else:
+                proxy_centers = mu_hat
+            assignment = z_hat @ proxy_centers.t()  # mean_s cos(ẑ, z̃_s) by linearity
+            similarity = z_hat @ mu_hat.t()
+            probs = torch.softmax(similarity / self.tau_e2p, dim=-1)
+            probs_p2e = probs if self.tau_p2e == self.tau_e2p else torch.softmax(similarity / self.tau_p2e, dim=-1)
 
-        r_dist = torch.softmax(assignment / self.tau_dist, dim=-1) @ mu
-        r_center = F.normalize(probs_p2e @ mu_hat, dim=-1)
-        z_sam = self._token_sampling_prior(z, z_hat)
-        prior = torch.cat([r_dist, r_center, z_sam], dim=-1).transpose(1, 2).reshape(z.shape[0], -1, *grid)
+            r_dist = torch.softmax(assignment / self.tau_dist, dim=-1) @ mu
+            r_center = F.normalize(probs_p2e @ mu_hat, dim=-1)
+            z_sam = self._token_sampling_prior(z, z_hat)
+            prior = torch.cat([r_dist, r_center, z_sam], dim=-1).transpose(1, 2).reshape(z.shape[0], -1, *grid)
         return SCDLOutput(z, z_hat, assignment, similarity, probs, probs_p2e, mu, sigma, prior)
 
     def project_prior(self, prior_map: torch.Tensor, target_shapes: Sequence) -> list[torch.Tensor]:

@@ -304,3 +304,14 @@ def test_injection_into_vnet_all_stages():
         plain, _ = net.decode(feats)
         inj = scdl.project_prior(scdl(extractor(feats[3])).prior, stage_shapes)
         assert not torch.allclose(net.decode(feats, injection=inj)[0], plain)
+
+
+def test_class_statistics_stay_float32_under_bf16_autocast():
+    scdl = SCDL(num_classes=3, x_dim=4, z_dim=8, num_proxy_samples=3)
+    tokens = torch.randn(2, 4, 2, 2, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = scdl(tokens)
+    assert out.z.dtype == torch.float32  # the projector ran in bf16; cast back before the statistics
+    for name in ("z_normalized", "assignment", "similarity", "probs", "probs_p2e", "prior"):
+        assert getattr(out, name).dtype == torch.float32, name
+    assert torch.allclose(out.probs.sum(-1), torch.ones(()), atol=1e-6)
