@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
-
 import fire
 
 from scdl_monai.data.datalists import DATALIST_KEYS, build_datalist
 from scdl_monai.data.integrity import verify_datalist
+from scdl_monai.data.phantom import phantom_cli
+from scdl_monai.data.transforms import labelmap_cli
 
 
 def datalist(
@@ -82,21 +82,8 @@ def verify(
     print(f"{datalist}: {n} entries checked, no problem found")
 
 
-def phantom(*args: Any, **kwargs: Any) -> Any:
-    """Write a synthetic phantom dataset; all flags go to ``scdl_monai.data.phantom.phantom_cli``."""
-    from scdl_monai.data.phantom import phantom_cli
-
-    return phantom_cli(*args, **kwargs)
-
-
-def labelmap(*args: Any, **kwargs: Any) -> Any:
-    """Remap label ids; all flags go to ``scdl_monai.data.transforms.labelmap_cli``."""
-    from scdl_monai.data.transforms import labelmap_cli
-
-    return labelmap_cli(*args, **kwargs)
-
-
-COMMANDS = {"datalist": datalist, "verify": verify, "phantom": phantom, "labelmap": labelmap}
+# the real functions (not *args/**kwargs wrappers), so that `COMMAND --help` shows their flags
+COMMANDS = {"datalist": datalist, "verify": verify, "phantom": phantom_cli, "labelmap": labelmap_cli}
 
 
 def main(argv: list[str] | None = None) -> int:
