@@ -6,11 +6,14 @@ module by its file name (``benchmarks/`` is ``sys.path[0]`` then).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
 import subprocess
+import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 #: CPU flags worth recording for the fast path (AVX-512, bf16 and AMX support).
@@ -72,3 +75,45 @@ def atomic_write(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def error_row(spec: dict, err: BaseException, keys: tuple[str, ...]) -> dict:
+    """The result row of a child that raised: ``spec``'s identifying ``keys`` + the first error line."""
+    first = str(err).splitlines()[0] if str(err) else ""
+    return {**{k: spec[k] for k in keys}, "status": "error", "error": f"{type(err).__name__}: {first}"[:300]}
+
+
+def run_child(script: str, spec: dict, keys: tuple[str, ...], timeout: float, threads: int) -> dict:
+    """``python script --child <spec>`` with ``threads`` OpenMP threads; its last stdout line is the row.
+
+    A time-out, crash or non-JSON output becomes an error row (``keys`` of ``spec`` + ``error``) so
+    the caller can report it instead of dropping the configuration.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, script, "--child", json.dumps(spec)]
+    base = {k: spec[k] for k in keys}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {**base, "status": "error", "error": f"timed out after {timeout} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode == 0 and lines:
+        try:
+            return json.loads(lines[-1])
+        except json.JSONDecodeError:
+            pass
+    tail = (proc.stderr or proc.stdout).strip().splitlines()
+    err = next((ln for ln in reversed(tail) if ln.strip() and not ln.startswith(" ")), f"exit {proc.returncode}")
+    return {**base, "status": "error", "error": err[-300:], "stderr_tail": proc.stderr[-4000:]}
+
+
+def child_main(fn, payload: str, keys: tuple[str, ...]) -> int:
+    """Body of ``--child``: run ``fn(spec)`` and print its row as the last stdout line (errors as rows)."""
+    spec = json.loads(payload)
+    try:
+        row = fn(spec)
+    except Exception as err:  # reported in the caller's table, never dropped
+        traceback.print_exc()
+        row = error_row(spec, err, keys)
+    print(json.dumps(row))
+    return 0

@@ -39,14 +39,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import atomic_write, loadavg, machine_info, peak_rss_mib, rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -71,58 +71,6 @@ QUICK = {
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * resource.getpagesize() / 2**20
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def _loadavg() -> list[float]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def machine_info() -> dict:
-    """CPU model, core count, torch/monai versions and thread count of this machine."""
-    import monai
-    import torch
-
-    model = platform.processor() or "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-        flags = next((ln for ln in out.splitlines() if ln.startswith("Flags:")), "")
-        isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16") if f" {f}" in flags]
-    except OSError:
-        isa = []
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "isa": isa,
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "python": platform.python_version(),
-    }
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------ children
 def _build_method(size: dict):
     import torch
@@ -174,7 +122,7 @@ def train_child(configs: list[str], size: dict) -> dict:
     """
     import torch
 
-    rss_start = _rss_mib()
+    rss_start = rss_mib()
     built = {config: _build_trainer(config, size) for config in configs}
     rows = {c: {"times_s": [], "cpu_s": [], "warmup_s": [], "losses": []} for c in configs}
 
@@ -206,7 +154,7 @@ def train_child(configs: list[str], size: dict) -> dict:
         "kind": "train",
         "configs": configs,
         "rows": rows,
-        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
         "rss_start_mib": round(rss_start, 1),
         "threads": torch.get_num_threads(),
     }
@@ -223,7 +171,7 @@ def infer_child(configs: list[str], size: dict, argmax_dir: str | None) -> dict:
     from scdl_monai.networks.vnet import VNet
     from scdl_monai.precision import PolicyInferer
 
-    rss_start = _rss_mib()
+    rss_start = rss_mib()
     torch.manual_seed(0)
     net = VNet(out_channels=size["num_classes"], n_filters=size["n_filters"]).eval()
     volume = torch.randn(1, 1, *size["volume"], generator=torch.Generator().manual_seed(2))
@@ -261,7 +209,7 @@ def infer_child(configs: list[str], size: dict, argmax_dir: str | None) -> dict:
         "configs": configs,
         "rows": rows,
         "voxels": volume[0, 0].numel(),
-        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
         "rss_start_mib": round(rss_start, 1),
         "threads": torch.get_num_threads(),
     }
@@ -291,7 +239,7 @@ def run_speed(size: dict, train_configs: list[str], quick: bool, interleave: boo
     import numpy as np
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    load_before = _loadavg()
+    load_before = loadavg()
     mem_size = {**size, "warmup": 1, "iters": 1, "infer_reps": 1}
     train, infer, memory = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -316,7 +264,7 @@ def run_speed(size: dict, train_configs: list[str], quick: bool, interleave: boo
                 i_rows[config], memory[config], voxels = child["rows"][config], child["peak_rss_mib"], child["voxels"]
         ref, ours = (np.load(os.path.join(tmp, f"{name}.npy")) for name in ("monai_fp32", "policy_fast"))
         agree = float((ref == ours).mean())
-    load_after = _loadavg()
+    load_after = loadavg()
 
     for config in train_configs:
         row = t_rows[config]
@@ -526,7 +474,7 @@ def run_parity(size: dict, seeds: list[int], quick: bool) -> dict:
     from scdl_monai.data.phantom import generate_phantom
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    load_before = _loadavg()
+    load_before = loadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         datalist = generate_phantom(
@@ -556,7 +504,7 @@ def run_parity(size: dict, seeds: list[int], quick: bool) -> dict:
         "started": started,
         "machine": machine_info(),
         "load_average_before": load_before,
-        "load_average_after": _loadavg(),
+        "load_average_after": loadavg(),
         "size": size,
         "seeds": seeds,
         "runs": rows,
@@ -658,8 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         md = speed_markdown(res)
         default_out = RESULTS / "fastpath.json"
     out = Path(args.out) if args.out else default_out
-    _atomic_write(out, json.dumps(res, indent=2) + "\n")
-    _atomic_write(out.with_suffix(".md"), md)
+    atomic_write(out, json.dumps(res, indent=2) + "\n")
+    atomic_write(out.with_suffix(".md"), md)
     print(md)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0

@@ -52,17 +52,14 @@ import argparse
 import json
 import logging
 import math
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import atomic_write, loadavg, machine_info
+from common import atomic_write, child_main, loadavg, machine_info, run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -224,26 +221,14 @@ def _child(spec: dict) -> dict:
     result = Path(spec["run_dir"]) / "result.json"
     if spec.get("reuse") and result.is_file():
         return json.loads(result.read_text())
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
-    cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=spec["size"]["timeout_s"], env=env)
-    except subprocess.TimeoutExpired:
-        return {"config": spec["config"], "seed": spec["seed"], "status": "error",
-                "error": f"timed out after {spec['size']['timeout_s']} s"}  # fmt: skip
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode == 0 and lines:
-        row = json.loads(lines[-1])
-    else:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()
-        err = next((ln for ln in reversed(tail) if ln.strip() and not ln.startswith(" ")), f"exit {proc.returncode}")
-        row = {"config": spec["config"], "seed": spec["seed"], "status": "error", "error": err[-300:]}
-        Path(spec["run_dir"]).mkdir(parents=True, exist_ok=True)
-        (Path(spec["run_dir"]) / "stderr.txt").write_text(proc.stderr[-20000:])
+    row = run_child(__file__, spec, ("config", "seed"), spec["size"]["timeout_s"], spec["threads"])
     row["wall_s"] = round(time.perf_counter() - t0, 1)
+    Path(spec["run_dir"]).mkdir(parents=True, exist_ok=True)
     if row["status"] == "ok":
         result.write_text(json.dumps(row))
+    elif "stderr_tail" in row:
+        (Path(spec["run_dir"]) / "stderr.txt").write_text(row.pop("stderr_tail"))
     return row
 
 
@@ -442,15 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.child is not None:
-        spec = json.loads(args.child)
-        try:
-            row = run_one(spec)
-        except Exception as err:  # recorded in the table, never dropped
-            traceback.print_exc()
-            row = {"config": spec["config"], "seed": spec["seed"], "status": "error",
-                   "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]}  # fmt: skip
-        print(json.dumps(row))
-        return 0
+        return child_main(run_one, args.child, ("config", "seed"))
 
     size = dict(QUICK if args.quick else FULL)
     if args.iterations is not None:

@@ -40,16 +40,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
-from common import atomic_write, loadavg, machine_info, peak_rss_mib, rss_mib
+from common import atomic_write, child_main, loadavg, machine_info, peak_rss_mib, rss_mib, run_child
 from quality import FULL as QUALITY_FULL
 from quality import QUICK as QUALITY_QUICK
 from quality import SSL_METHODS, compose, config_label, make_data, overrides_for
@@ -194,22 +191,6 @@ def measure(spec: dict) -> dict:
     return result
 
 
-def _run_child(spec: dict) -> dict:
-    threads = str(spec["threads"])
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=spec["size"]["timeout_s"], env=env)
-    except subprocess.TimeoutExpired:
-        return {"config": spec["config"], "status": "error", "error": f"timed out after {spec['size']['timeout_s']} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode == 0 and lines:
-        return json.loads(lines[-1])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()
-    err = next((ln for ln in reversed(tail) if ln.strip() and not ln.startswith(" ")), f"exit {proc.returncode}")
-    return {"config": spec["config"], "status": "error", "error": err[-300:]}
-
-
 # ------------------------------------------------------------------------------------ report
 def overheads(rows: dict) -> list[dict]:
     """SCDL variants relative to their baseline (ratios of medians)."""
@@ -298,15 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
-        spec = json.loads(args.child)
-        try:
-            row = measure(spec)
-        except Exception as err:  # reported in the table
-            traceback.print_exc()
-            row = {"config": spec["config"], "status": "error",
-                   "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]}  # fmt: skip
-        print(json.dumps(row))
-        return 0
+        return child_main(measure, args.child, ("config",))
 
     size = dict(QUICK if args.quick else FULL)
     for key, value in (("iters", args.iters), ("warmup", args.warmup)):
@@ -329,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in configs:
             spec = {"config": name, "size": size, "threads": args.threads, "data_dir": str(data_dir),
                     "meta_file": str(data_dir / "metadata.json"), "run_dir": str(Path(work) / "runs" / name)}  # fmt: skip
-            rows[name] = _run_child(spec)
+            rows[name] = run_child(__file__, spec, ("config",), size["timeout_s"], args.threads)
+            rows[name].pop("stderr_tail", None)
             r = rows[name]
             msg = (f"{r['median_s']:.3f} s/it (CPU {r['median_cpu_s']:.3f}), data {100 * r['data_share']:.1f}%, "
                    f"peak {r['peak_rss_mib']:.0f} MiB, {r['voxels_per_s']:,} vox/s" if r["status"] == "ok"
