@@ -5,22 +5,32 @@ The single source of truth is ``bundles/_components/`` (BUNDLES.md §1–2, ARCH
 * ``train.json`` / ``inference.json`` — complete base configs (native protocol, PROTOCOL.md §3);
 * ``evaluate.json`` / ``multi_gpu_train.json`` — overlays applied on top of ``train.json``;
 * ``datasets/<dataset>.json`` — classes and dataset folder (Synapse C=14, AMOS C=16);
-* ``methods/<method>/{train,inference}.json`` — the algorithm (``method_def``, optimizers,
-  schedules, the inference network);
 * ``backbones/<backbone>.json`` — ``network_def`` (VNet default, MONAI UNet, SegResNet);
+* ``protocols/<protocol>/{train,inference}.json`` — the "dhc" / "ga" preprocessing chains;
+* ``methods/<method>/{train,inference}.json`` — the algorithm (``method_def``, optimizers,
+  schedules, the inference network), ``README.md`` (its training configuration, copied into the
+  bundle README) and optional extra overlays (e.g. DHC's Table 3 ablations) copied into the
+  bundle's ``configs/``; a method listed in :data:`METHOD_BASES` is composed on top of its base
+  method's files (GA-MagicNet = MagicNet + ``methods/ga_magicnet``);
+* ``scdl/{train,inference,multi_gpu_train}.json`` + ``README.md`` — the SCDL plug-in, one overlay on
+  any baseline (``scdl=True``);
 * ``logging.conf`` and ``LICENSE``.
 
-A bundle's ``configs/train.json`` is ``train.json + datasets/D + methods/M/train.json +
-backbones/B`` merged with MONAI's own rule (``ConfigParser.load_config_files``: a later file's key
-replaces, ``+key`` extends/updates, ``a#b`` keys reach into nested sections); ``inference.json``
-likewise; ``evaluate.json`` and ``multi_gpu_train.json`` stay overlays (used as
-``--config_file "['configs/train.json','configs/evaluate.json']"``). The component files are
-themselves valid overlays, so the same result is obtained on the command line from the repository
-root::
+A bundle's ``configs/train.json`` is ``train.json + datasets/D + backbones/B [+ protocols/P] +
+methods/M/train.json [+ scdl/train.json]`` merged with MONAI's own rule
+(``ConfigParser.load_config_files``: a later file's key replaces, ``+key`` extends/updates,
+``a#b`` keys reach into nested sections); ``inference.json`` likewise; ``evaluate.json`` and
+``multi_gpu_train.json`` stay overlays (used as ``--config_file
+"['configs/train.json','configs/evaluate.json']"``). The component files are themselves valid
+overlays, so the same result is obtained on the command line from the repository root::
 
     python -m monai.bundle run --config_file "['bundles/_components/train.json',
-        'bundles/_components/datasets/synapse.json', 'bundles/_components/methods/cps/train.json',
-        'bundles/_components/backbones/vnet.json']" --meta_file bundles/cps_synapse/configs/metadata.json
+        'bundles/_components/datasets/synapse.json', 'bundles/_components/backbones/vnet.json',
+        'bundles/_components/methods/cps/train.json']" --meta_file bundles/cps_synapse/configs/metadata.json
+
+Each method has a default preprocessing protocol (:data:`METHOD_PROTOCOLS`, the one its reference
+used); a bundle's folder is ``<method>[_scdl]_<dataset>`` with ``_<backbone>`` / ``_<protocol>``
+appended only when they differ from the defaults.
 
 A written bundle references only ``monai``/``torch`` and the installed ``scdl_monai`` package by
 full dotted paths (no ``scripts`` folder, no PYTHONPATH), so it runs from any directory given
@@ -28,7 +38,7 @@ full dotted paths (no ``scripts`` folder, no PYTHONPATH), so it runs from any di
 
 Command line::
 
-    python -m scdl_monai.bundles write --method cps --dataset synapse --out DIR [--backbone unet] [--protocol dhc]
+    python -m scdl_monai.bundles write --method dhc --dataset synapse --out DIR [--scdl true] [--backbone unet] [--protocol native]
     python -m scdl_monai.bundles write-all [--out bundles]
     python -m scdl_monai.bundles check [--root bundles]     # committed bundles == regenerated
 """
@@ -54,12 +64,19 @@ __all__ = [
     "DEFAULT_BACKBONE",
     "PROTOCOLS",
     "DEFAULT_PROTOCOL",
+    "METHOD_PROTOCOLS",
+    "METHOD_BASES",
+    "SCDL_METHODS",
     "SHIPPED",
     "SCHEMA_URL",
     "components_dir",
     "schema_path",
+    "default_protocol",
     "bundle_name",
+    "component_files",
+    "extra_overlays",
     "compose_config",
+    "export_network_id",
     "build_metadata",
     "write_bundle",
     "write_all",
@@ -69,7 +86,7 @@ __all__ = [
 ]
 
 #: Methods with overlays under ``bundles/_components/methods/``.
-METHODS: tuple[str, ...] = ("supervised", "cps")
+METHODS: tuple[str, ...] = ("supervised", "cps", "dhc", "ga_cps", "magicnet", "ga_magicnet", "genericssl")
 #: Datasets with overlays under ``bundles/_components/datasets/``.
 DATASETS: tuple[str, ...] = ("synapse", "amos")
 #: Backbones with overlays under ``bundles/_components/backbones/``.
@@ -78,9 +95,32 @@ DEFAULT_BACKBONE = "vnet"
 #: Preprocessing protocols (PROTOCOL.md §3): "native" is in the base configs, the others are
 #: overlays under ``bundles/_components/protocols/<protocol>/``.
 PROTOCOLS: tuple[str, ...] = ("native", "dhc", "ga")
+#: The protocol of the base configs (no protocol overlay).
 DEFAULT_PROTOCOL = "native"
-#: The bundles generated into ``bundles/`` and committed (issue 3).
-SHIPPED: tuple[tuple[str, str], ...] = tuple((m, d) for m in METHODS for d in DATASETS)
+#: Default protocol of each method: the preprocessing of its reference (PROTOCOL.md §3): "dhc" for
+#: DHC and GenericSSL (paper-era DHC code), "ga" for GA-CPS and the MagicNet family (96³ patches on
+#: the 160×160×80 grid; MagicNet's own pre-made volumes are not public). The supervised and CPS
+#: bundles are the project's own baselines and demo bundles: "native" (clinical units, mm metrics).
+METHOD_PROTOCOLS: dict[str, str] = {
+    "supervised": "native",
+    "cps": "native",
+    "dhc": "dhc",
+    "ga_cps": "ga",
+    "magicnet": "ga",
+    "ga_magicnet": "ga",
+    "genericssl": "dhc",
+}
+#: Methods composed on top of another method's overlays (``methods/<base>/<kind>.json`` first).
+METHOD_BASES: dict[str, str] = {"ga_magicnet": "magicnet"}
+#: Baselines whose SCDL variant ships (the paper's four, 004 Table 1, plus CPS).
+SCDL_METHODS: tuple[str, ...] = ("cps", "dhc", "ga_cps", "ga_magicnet", "genericssl")
+#: The bundles generated into ``bundles/`` and committed: ``(method, dataset, scdl)``, every method
+#: on both datasets, then the SCDL variants.
+SHIPPED: tuple[tuple[str, str, bool], ...] = tuple((m, d, False) for m in METHODS for d in DATASETS) + tuple(
+    (m, d, True) for m in SCDL_METHODS for d in DATASETS
+)
+#: Methods whose network is built on the project VNet's hooks (no backbone swap).
+_VNET_ONLY = ("magicnet", "ga_magicnet", "genericssl")
 
 #: ``schema`` field of metadata.json (the official URL; ``verify_metadata`` skips the download
 #: when ``--filepath`` already holds a file, so point it at :func:`schema_path` offline).
@@ -96,15 +136,37 @@ REQUIRED_PACKAGES = {"pytorch-ignite": "0.5.5", "nibabel": "5.4.2", "itk": "5.4.
 _FULL_CONFIGS = ("train", "inference")
 _OVERLAY_CONFIGS = ("evaluate", "multi_gpu_train")
 
-_METHOD_TEXT = {
+_DHC_REF = (
+    "Wang H., Li X. DHC: Dual-debiased Heterogeneous Co-training Framework for Class-imbalanced "
+    "Semi-supervised Medical Image Segmentation. MICCAI 2023. https://arxiv.org/abs/2307.11470"
+)
+_GA_REF = (
+    "Qi W., Wu J., Chan S.C. Gradient-Aware for Class-Imbalanced Semi-supervised Medical Image "
+    "Segmentation. ECCV 2024, LNCS pp. 473-490. https://eccv.ecva.net/virtual/2024/poster/1540 "
+    "(code: https://github.com/cicailalala/GALoss)"
+)
+_MAGICNET_REF = (
+    "Chen D., Bai Y., Shen W., Li Q., Yu L., Wang Y. MagicNet: Semi-Supervised Multi-Organ Segmentation "
+    "via Magic-Cube Partition and Recovery. CVPR 2023. https://arxiv.org/abs/2212.14310"
+)
+_CPS_REF = (
+    "Chen X., Yuan Y., Zeng G., Wang J. Semi-Supervised Semantic Segmentation with Cross Pseudo "
+    "Supervision. CVPR 2021. https://arxiv.org/abs/2106.01226"
+)
+_VNET_REF = (
+    "Milletari F., Navab N., Ahmadi S.-A. V-Net: Fully Convolutional Neural Networks for Volumetric "
+    "Medical Image Segmentation. 3DV 2016. https://arxiv.org/abs/1606.04797"
+)
+
+#: Per method: title, one-sentence summary (metadata description), references, number of
+#: networks in the inference network (2: ``network_b_data_format`` in the metadata).
+_METHOD_TEXT: dict[str, dict[str, Any]] = {
     "supervised": {
         "title": "fully supervised",
         "summary": "one network trained on the labeled cases only (the labeled-only baseline; "
         "trained on all labels it is the papers' upper bound)",
-        "references": [
-            "Milletari F., Navab N., Ahmadi S.-A. V-Net: Fully Convolutional Neural Networks for Volumetric "
-            "Medical Image Segmentation. 3DV 2016. https://arxiv.org/abs/1606.04797",
-        ],
+        "references": [_VNET_REF],
+        "networks": 1,
     },
     "cps": {
         "title": "cross pseudo supervision (CPS)",
@@ -112,14 +174,68 @@ _METHOD_TEXT = {
         "each supervised by the labels and by the other's hard pseudo-labels on labeled and unlabeled "
         "patches; the pseudo-label weight ramps up to 0.1 with a sigmoid schedule; inference averages "
         "the two networks' logits",
-        "references": [
-            "Chen X., Yuan Y., Zeng G., Wang J. Semi-Supervised Semantic Segmentation with Cross Pseudo "
-            "Supervision. CVPR 2021. https://arxiv.org/abs/2106.01226",
-            "Wang H., Li X. Towards Generic Semi-Supervised Framework for Volumetric Medical Image "
-            "Segmentation (DHC: Dual-debiased Heterogeneous Co-training). MICCAI 2023. "
-            "https://arxiv.org/abs/2307.11470",
-        ],
+        "references": [_CPS_REF, _DHC_REF + " (CPS baseline configuration)"],
+        "networks": 2,
     },
+    "dhc": {
+        "title": "dual-debiased heterogeneous co-training (DHC)",
+        "summary": "cross pseudo supervision whose two networks are trained with different per-class loss "
+        "weights recomputed every iteration: network A with difficulty-aware weights (DiffDW, from its "
+        "per-class Dice progress), network B with distribution-aware weights (DistDW, from the class "
+        "frequencies of its own pseudo-labels, initialised from the labeled ground truth); inference "
+        "averages the two networks' logits",
+        "references": [_DHC_REF, _CPS_REF],
+        "networks": 2,
+    },
+    "ga_cps": {
+        "title": "GA-CPS (cross pseudo supervision with gradient-aware losses)",
+        "summary": "cross pseudo supervision of two VNets trained with the gradient-aware losses: GADice (a "
+        "non-vanishing gradient for classes absent from the batch) and GACE (top-k% hardest voxels with "
+        "per-class normalisation), per-iteration poly LR over 17,000 iterations; inference averages the "
+        "two networks' logits",
+        "references": [_GA_REF, _CPS_REF],
+        "networks": 2,
+    },
+    "magicnet": {
+        "title": "MagicNet (magic-cube partition and recovery)",
+        "summary": "mean-teacher training in which labeled and unlabeled patches are cut into 3x3x3 cubes, "
+        "mixed across images and within images (with a cube-location head), decoded and put back, and the "
+        "teacher's pseudo-labels are blended with cube-wise predictions for frequent classes; inference "
+        "uses the student's VNet",
+        "references": [_MAGICNET_REF],
+        "networks": 1,
+    },
+    "ga_magicnet": {
+        "title": "GA-MagicNet (MagicNet with gradient-aware losses)",
+        "summary": "MagicNet with cross-entropy replaced by GACE and every Dice term by GADice, trained with "
+        "the GA reference's literal schedule (poly LR over 70,000 iterations, stopped at 17,000); "
+        "inference uses the student's VNet",
+        "references": [_GA_REF, _MAGICNET_REF],
+        "networks": 1,
+    },
+    "genericssl": {
+        "title": "GenericSSL (aggregating and decoupling, A&D)",
+        "summary": "a diffusion-based framework: one shared time-conditioned encoder and three decoders, a "
+        "diffusion decoder and a difficulty-weighted decoder whose fused pseudo-labels (DDIM sampling, "
+        "Gumbel-softmax, smoothing) teach a third decoder that also receives their parameter EMA; "
+        "inference uses the third decoder",
+        "references": [
+            "Wang H., Li X. Towards Generic Semi-Supervised Framework for Volumetric Medical Image "
+            "Segmentation. NeurIPS 2023. https://arxiv.org/abs/2310.11320",
+        ],
+        "networks": 1,
+    },
+}
+
+_SCDL_TEXT = {
+    "title": "SCDL",
+    "summary": "with the SCDL plug-in: each student network carries learnable Gaussian class proxies "
+    "aligned bidirectionally with its token embeddings (CDBA) and guided by semantic anchors from the "
+    "labeled data (SAC); priors derived from the proxies are injected into every decoder stage, "
+    "also at inference",
+    "reference": "Su Y., Zhong Y., Zhu K., Zhang Z., Zhang Z., Wang Y., Zhang Y., Liu J. Semantic Class "
+    "Distribution Learning for Debiasing Semi-Supervised Medical Image Segmentation. "
+    "https://arxiv.org/abs/2603.05202",
 }
 
 _DATASET_TEXT = {
@@ -129,7 +245,6 @@ _DATASET_TEXT = {
         "and acceptance of its data use terms required",
         "layout": "RawData/Training/img/img0001.nii.gz, RawData/Training/label/label0001.nii.gz",
         "labeled": "20p",
-        "epochs": "300 epochs (20%/40% labels; 200 for 10%)",
     },
     "amos": {
         "title": "AMOS 2022 abdominal multi-organ CT/MRI (Ji et al., NeurIPS 2022 Datasets and Benchmarks)",
@@ -137,7 +252,6 @@ _DATASET_TEXT = {
         "published by its organisers",
         "layout": "imagesTr/amos_0001.nii.gz, labelsTr/amos_0001.nii.gz, imagesVa/, labelsVa/",
         "labeled": "5p",
-        "epochs": "200 epochs (2%/5%/10% labels)",
     },
 }
 
@@ -179,14 +293,58 @@ def _option(value: str, options: Sequence[str], arg: str) -> str:
     return value.strip().lower()
 
 
-def bundle_name(method: str, dataset: str, backbone: str = DEFAULT_BACKBONE, protocol: str = DEFAULT_PROTOCOL) -> str:
-    """Folder name of a bundle: ``<method>_<dataset>`` (+ ``_<backbone>`` unless VNet, + ``_<protocol>`` unless native)."""
+def _flag(value: Any, arg: str) -> bool:
+    """A bool, or its command-line spelling ("true"/"false", "yes"/"no", "1"/"0")."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1"):
+        return True
+    if text in ("false", "no", "0"):
+        return False
+    raise ValueError(f"{arg} must be true or false, got {value!r}.")
+
+
+def default_protocol(method: str) -> str:
+    """The preprocessing protocol a method's bundle uses unless told otherwise (:data:`METHOD_PROTOCOLS`)."""
+    return METHOD_PROTOCOLS[_option(method, METHODS, "method")]
+
+
+def _normalise(
+    method: str, dataset: str, backbone: str, protocol: str | None, scdl: Any
+) -> tuple[str, str, str, str, bool]:
+    """Validated, lower-cased ``(method, dataset, backbone, protocol, scdl)``; ``protocol=None`` -> the method's default.
+
+    Raises:
+        ValueError: an unknown name (naming the argument), or a backbone the method cannot use.
+    """
     method, dataset = _option(method, METHODS, "method"), _option(dataset, DATASETS, "dataset")
-    backbone, protocol = _option(backbone, BACKBONES, "backbone"), _option(protocol, PROTOCOLS, "protocol")
+    backbone = _option(backbone, BACKBONES, "backbone")
+    protocol = METHOD_PROTOCOLS[method] if protocol is None else _option(protocol, PROTOCOLS, "protocol")
+    scdl = _flag(scdl, "scdl")
+    if backbone != DEFAULT_BACKBONE and (method in _VNET_ONLY or scdl):
+        who = f"method {method!r}" + (" with SCDL" if scdl else "")
+        raise ValueError(
+            f"backbone must be {DEFAULT_BACKBONE!r} for {who} (its network is built on the project VNet's "
+            f"encode/decode hooks), got {backbone!r}."
+        )
+    return method, dataset, backbone, protocol, scdl
+
+
+def bundle_name(
+    method: str,
+    dataset: str,
+    backbone: str = DEFAULT_BACKBONE,
+    protocol: str | None = None,
+    scdl: bool = False,
+) -> str:
+    """Folder name of a bundle: ``<method>[_scdl]_<dataset>``, + ``_<backbone>`` unless VNet, + ``_<protocol>``
+    unless the method's default protocol (:data:`METHOD_PROTOCOLS`)."""
+    method, dataset, backbone, protocol, scdl = _normalise(method, dataset, backbone, protocol, scdl)
     return (
-        f"{method}_{dataset}"
+        f"{method}{'_scdl' if scdl else ''}_{dataset}"
         + ("" if backbone == DEFAULT_BACKBONE else f"_{backbone}")
-        + ("" if protocol == DEFAULT_PROTOCOL else f"_{protocol}")
+        + ("" if protocol == METHOD_PROTOCOLS[method] else f"_{protocol}")
     )
 
 
@@ -206,40 +364,70 @@ def _load_json(path: Path) -> dict:
     return data
 
 
+def _method_chain(method: str) -> list[str]:
+    """``[base, method]`` for a method in :data:`METHOD_BASES`, else ``[method]``."""
+    return ([METHOD_BASES[method]] if method in METHOD_BASES else []) + [method]
+
+
 def component_files(
     kind: str,
     method: str,
     dataset: str,
     backbone: str = DEFAULT_BACKBONE,
     root: str | Path | None = None,
-    protocol: str = DEFAULT_PROTOCOL,
+    protocol: str | None = None,
+    scdl: bool = False,
 ) -> list[Path]:
     """The component files merged (in order) into the bundle config ``kind``.
 
-    Order: base, dataset, backbone, protocol (unless native), method.
+    Order: base, dataset, backbone, protocol (unless native), base method (if any), method, scdl.
+    Dataset, backbone and protocol overlays apply to the full configs (train, inference) only.
 
     Args:
         kind: ``"train"``, ``"inference"``, ``"evaluate"`` or ``"multi_gpu_train"``.
         method, dataset, backbone, protocol: see :data:`METHODS`, :data:`DATASETS`,
-            :data:`BACKBONES`, :data:`PROTOCOLS`.
+            :data:`BACKBONES`, :data:`PROTOCOLS`; ``protocol=None`` is the method's default.
         root: components folder (default :func:`components_dir`).
+        scdl: add the SCDL plug-in overlay (``scdl/<kind>.json`` where it exists).
+
+    Raises:
+        ValueError: unknown names (see :func:`bundle_name`).
+        FileNotFoundError: a component file is missing (naming it).
     """
     kind = _option(kind, _FULL_CONFIGS + _OVERLAY_CONFIGS, "kind")
-    method, dataset = _option(method, METHODS, "method"), _option(dataset, DATASETS, "dataset")
-    backbone, protocol = _option(backbone, BACKBONES, "backbone"), _option(protocol, PROTOCOLS, "protocol")
+    method, dataset, backbone, protocol, scdl = _normalise(method, dataset, backbone, protocol, scdl)
     root = Path(root) if root is not None else components_dir()
     files = [root / f"{kind}.json"]
     if kind in _FULL_CONFIGS:
         files += [root / "datasets" / f"{dataset}.json", root / "backbones" / f"{backbone}.json"]
         if protocol != DEFAULT_PROTOCOL:
             files.append(root / "protocols" / protocol / f"{kind}.json")
-    method_file = root / "methods" / method / f"{kind}.json"
-    if method_file.is_file():
-        files.append(method_file)
+    method_files = [root / "methods" / m / f"{kind}.json" for m in _method_chain(method)]
+    if kind in _FULL_CONFIGS:
+        files += method_files  # a full config needs every method file (the method's `method_def` etc.)
+    else:
+        files += [f for f in method_files if f.is_file()]
+    if scdl:
+        scdl_file = root / "scdl" / f"{kind}.json"
+        if kind in _FULL_CONFIGS or scdl_file.is_file():
+            files.append(scdl_file)
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"bundle component missing: {f}")
     return files
+
+
+def extra_overlays(method: str, root: str | Path | None = None) -> list[Path]:
+    """Optional overlays a method ships next to its configs (e.g. DHC's Table 3 ablations).
+
+    Every ``methods/<method>/*.json`` other than ``train``/``inference``/``evaluate``/
+    ``multi_gpu_train``; :func:`write_bundle` copies them into the bundle's ``configs/``, to be
+    added after ``configs/train.json`` on the command line.
+    """
+    method = _option(method, METHODS, "method")
+    folder = (Path(root) if root is not None else components_dir()) / "methods" / method
+    kinds = {f"{k}.json" for k in _FULL_CONFIGS + _OVERLAY_CONFIGS}
+    return sorted(p for p in folder.glob("*.json") if p.name not in kinds)
 
 
 def _merge_overlays(files: Sequence[Path]) -> dict:
@@ -270,25 +458,38 @@ def compose_config(
     dataset: str,
     backbone: str = DEFAULT_BACKBONE,
     root: str | Path | None = None,
-    protocol: str = DEFAULT_PROTOCOL,
+    protocol: str | None = None,
+    scdl: bool = False,
 ) -> dict:
     """One bundle config as a dict, composed from the components (see the module docstring).
 
     ``train`` / ``inference`` are complete configs merged with MONAI's
     ``ConfigParser.load_config_files`` semantics; ``evaluate`` / ``multi_gpu_train`` are overlays.
+    ``protocol=None`` is the method's default (:data:`METHOD_PROTOCOLS`); ``scdl=True`` adds the
+    SCDL plug-in.
 
     Raises:
-        ValueError: unknown kind/method/dataset/backbone (naming the argument), invalid JSON.
+        ValueError: unknown kind/method/dataset/backbone/protocol (naming the argument), invalid JSON.
         FileNotFoundError: a component file is missing.
     """
     from monai.bundle import ConfigParser
 
-    files = component_files(kind, method, dataset, backbone, root, protocol)
-    if kind in _FULL_CONFIGS:
+    files = component_files(kind, method, dataset, backbone, root, protocol, scdl)
+    if kind.strip().lower() in _FULL_CONFIGS:
         for f in files:
             _load_json(f)  # clear error naming the file before MONAI's generic one
         return ConfigParser.load_config_files([str(f) for f in files])
     return _merge_overlays(files)
+
+
+def export_network_id(scdl: bool = False) -> str:
+    """Config id (in ``inference.json``) of the network whose weights ``models/model.pt`` holds.
+
+    ``inference_network_def`` for the baselines; ``scdl_inference_network_def`` with SCDL (the
+    baseline's inference network with its backbones wrapped in their SCDL blocks, so the priors
+    are part of the network: export and verify this id).
+    """
+    return "scdl_inference_network_def" if _flag(scdl, "scdl") else "inference_network_def"
 
 
 def _tensor_format(num_channels: int, fmt: str, channel_def: Mapping[str, str], value_range: list, modality: str) -> dict:
@@ -308,53 +509,71 @@ def _tensor_format(num_channels: int, fmt: str, channel_def: Mapping[str, str], 
 
 _PROTOCOL_TEXT = {
     "native": "Native preprocessing protocol (RAS, 1.5x1.5x2 mm, HU window [-125, 275] -> [0, 1], class-balanced patches)",
-    "dhc": "DHC preprocessing protocol (HU clip [-75, 275], per-volume min-max, whole volume resized to 160x160x80, random 128x128x64 crops)",
-    "ga": "GA preprocessing protocol (HU window [-125, 275] -> [0, 1], whole volume resized to 160x160x80, random 96^3 crops)",
+    "dhc": "DHC preprocessing protocol (HU clip [-75, 275], per-volume min-max, whole volume resized to 160x160x80, random crops)",
+    "ga": "GA preprocessing protocol (HU window [-125, 275] -> [0, 1], whole volume resized to 160x160x80, random crops)",
+}
+_IMAGE_TEXT = {
+    "native": "single channel CT in Hounsfield units, reoriented to RAS, resampled to 1.5x1.5x2 mm, windowed to "
+    "[-125, 275] and scaled to [0, 1]",
+    "dhc": "single channel CT in Hounsfield units, clipped to [-75, 275], min-max scaled per volume to [0, 1], "
+    "resized to 160x160x80",
+    "ga": "single channel CT in Hounsfield units, windowed to [-125, 275] and scaled to [0, 1], resized to 160x160x80",
 }
 
 
-def build_metadata(method: str, dataset: str, backbone: str = DEFAULT_BACKBONE, protocol: str = DEFAULT_PROTOCOL) -> dict:
+def build_metadata(
+    method: str,
+    dataset: str,
+    backbone: str = DEFAULT_BACKBONE,
+    protocol: str | None = None,
+    scdl: bool = False,
+) -> dict:
     """``configs/metadata.json`` of a bundle (valid against :func:`schema_path`).
 
-    ``network_data_format`` describes the inference network (for CPS the logit mean of A and B,
-    which has the I/O of one backbone); CPS adds ``network_b_data_format`` for network B.
+    ``network_data_format`` describes the inference network (for the two-network methods CPS,
+    DHC and GA-CPS the logit mean of A and B, which has the I/O of one backbone); those methods
+    add ``network_b_data_format`` for network B. SCDL does not change the network I/O.
     """
-    method, dataset = _option(method, METHODS, "method"), _option(dataset, DATASETS, "dataset")
-    backbone, protocol = _option(backbone, BACKBONES, "backbone"), _option(protocol, PROTOCOLS, "protocol")
+    method, dataset, backbone, protocol, scdl = _normalise(method, dataset, backbone, protocol, scdl)
     spec = get_dataset(dataset)
     mt, dt = _METHOD_TEXT[method], _DATASET_TEXT[dataset]
+    title = mt["title"] + (" + SCDL" if scdl else "")
     classes = {str(i): name for i, name in enumerate(spec.class_names)}
     io = {
         "inputs": {"image": _tensor_format(1, "hounsfield", {"0": "image"}, [0, 1], "CT")},
         "outputs": {"pred": _tensor_format(spec.num_classes, "labels", classes, [], "CT")},
     }
     version = "0.1.0"
+    description = f"{title[0].upper() + title[1:]} with a {backbone} backbone: {mt['summary']}"
+    if scdl:
+        description += f"; {_SCDL_TEXT['summary']}"
+    kind = "Semi-supervised multi-organ" if method != "supervised" else "Multi-organ"
     meta: dict[str, Any] = {
         "schema": SCHEMA_URL,
         "version": version,
-        "changelog": {version: f"{mt['title']} on {dataset}, composed from bundles/_components by scdl_monai"},
+        "changelog": {version: f"{title} on {dataset}, composed from bundles/_components by scdl_monai"},
         "monai_version": MONAI_VERSION,
         "pytorch_version": PYTORCH_VERSION,
         "numpy_version": NUMPY_VERSION,
         "required_packages_version": {"scdl_monai": scdl_monai.__version__, **REQUIRED_PACKAGES},
-        "name": f"{bundle_name(method, dataset, backbone, protocol)} ({backbone}, {protocol} protocol)",
-        "task": f"Semi-supervised multi-organ segmentation of abdominal CT ({spec.num_classes - 1} organs, {dataset})",
+        "name": f"{bundle_name(method, dataset, backbone, protocol, scdl)} ({backbone}, {protocol} protocol)",
+        "task": f"{kind} segmentation of abdominal CT ({spec.num_classes - 1} organs, {dataset})",
         "description": (
-            f"{mt['title'][0].upper() + mt['title'][1:]} with a {backbone} backbone: {mt['summary']}. {_PROTOCOL_TEXT[protocol]}; "
+            f"{description}. {_PROTOCOL_TEXT[protocol]}; "
             "sliding-window inference; predictions are inverted to the input's original grid and orientation."
         ),
         "authors": "scdl_monai contributors",
         "copyright": "Copyright (c) scdl_monai contributors",
         "data_source": dt["source"],
         "data_type": "nibabel",
-        "image_classes": "single channel CT in Hounsfield units, windowed to [-125, 275] and scaled to [0, 1]",
+        "image_classes": _IMAGE_TEXT[protocol],
         "label_classes": "single channel integer map: " + ", ".join(f"{i} {n}" for i, n in classes.items()),
         "pred_classes": f"{spec.num_classes} channels of logits (before softmax), channel k = class k",
         "intended_use": "Research only; not for clinical or diagnostic use. No trained weights are shipped.",
-        "references": list(mt["references"]),
+        "references": list(mt["references"]) + ([_SCDL_TEXT["reference"]] if scdl else []),
         "network_data_format": io,
     }
-    if method == "cps":
+    if mt["networks"] == 2:
         meta["network_b_data_format"] = json.loads(json.dumps(io))
     return meta
 
@@ -410,23 +629,44 @@ whole resampled volume with a sliding window of the training patch (uniform weig
 
 DHC paper-era protocol (PROTOCOL.md §3): `LoadImaged` -> `EnsureChannelFirstd` -> HU clip [-75, 275]
 -> per-volume min-max to [0, 1] -> `Resized` the whole volume to 160x160x80 (x, y, z; `resize_grid`;
-trilinear image, nearest label) -> random 128x128x64 crops (`patch_size`). No reorientation, no
+trilinear image, nearest label) -> random {patch} crops (`patch_size`). No reorientation, no
 resampling, no flips (the paper-era code's flips had no effect). Inference inverts the resize.
 """,
     "ga": """### Preprocessing ("ga" protocol, visible in `configs/train.json`)
 
 GA protocol (PROTOCOL.md §3): `LoadImaged` -> `EnsureChannelFirstd` -> window [-125, 275] -> [0, 1]
--> `Resized` the whole volume to the 160x160x80 grid GA evaluates on (`resize_grid`) -> z padded to 96
--> random 96^3 crops (`patch_size`). Approximation: GA trained on MagicNet's non-public pre-made
+-> `Resized` the whole volume to the 160x160x80 grid GA evaluates on (`resize_grid`) -> padded to the patch
+-> random {patch} crops (`patch_size`). Approximation: GA trained on MagicNet's non-public pre-made
 volumes. Inference inverts the resize.
 """,
 }
 
 
-def _readme(method: str, dataset: str, backbone: str, name: str, meta: dict, protocol: str = DEFAULT_PROTOCOL) -> str:
+def _component_readmes(method: str, scdl: bool, root: Path) -> str:
+    """The training-configuration sections of the method (its base method's first) and of SCDL."""
+    paths = [root / "methods" / m / "README.md" for m in _method_chain(method)]
+    if scdl:
+        paths.append(root / "scdl" / "README.md")
+    return "\n".join(p.read_text().strip() + "\n" for p in paths if p.is_file())
+
+
+def _readme(
+    method: str,
+    dataset: str,
+    backbone: str,
+    name: str,
+    meta: dict,
+    protocol: str,
+    scdl: bool,
+    train: Mapping[str, Any],
+    root: Path,
+    extras: Sequence[Path] = (),
+) -> str:
+    """The bundle's ``docs/README.md``; values quoted from the composed ``train`` config where they vary."""
     spec = get_dataset(dataset)
     mt, dt = _METHOD_TEXT[method], _DATASET_TEXT[dataset]
-    export_id = "inference_network_def"
+    title = mt["title"] + (" + SCDL" if scdl else "")
+    export_id = export_network_id(scdl)
     classes = "\n".join(f"| {i} | {n} |" for i, n in enumerate(spec.class_names))
     semi = method != "supervised"
     unlabeled_line = (
@@ -436,10 +676,45 @@ def _readme(method: str, dataset: str, backbone: str, name: str, meta: dict, pro
         else "- `unlabeled`: ignored by this method.\n"
     )
     refs = "\n".join(f"- {r}" for r in meta["references"])
-    preprocessing = _PREPROCESSING_TEXT[protocol]
-    patch = {"native": "96x96x64", "dhc": "128x128x64", "ga": "96x96x96"}[protocol]
-    flags = "".join(f" --{k} {v}" for k, v in (("backbone", backbone), ("protocol", protocol)) if v != {"backbone": DEFAULT_BACKBONE, "protocol": DEFAULT_PROTOCOL}[k])
-    return f"""# {name}: {mt['title']} on {dataset} ({backbone})
+    patch = list(train["patch_size"])
+    patch_text = "x".join(str(p) for p in patch)
+    preprocessing = _PREPROCESSING_TEXT[protocol].format(patch=patch_text)
+    defaults = {"backbone": DEFAULT_BACKBONE, "protocol": METHOD_PROTOCOLS[method], "scdl": False}
+    given = {"backbone": backbone, "protocol": protocol, "scdl": scdl}
+    flags = "".join(f" --{k} {str(v).lower()}" for k, v in given.items() if v != defaults[k])
+    length = "--max_iterations 1000" if "max_iterations" in train else "--train#trainer#max_epochs 100"
+    swap = " --network_def#name unet" if method not in _VNET_ONLY and not scdl else ""
+    method_text = _component_readmes(method, scdl, root)
+    extra_text = ""
+    if extras:
+        names = ", ".join(f"`configs/{p.name}`" for p in extras)
+        extra_text = f"\nExtra overlays shipped with this method (see above): {names}.\n"
+    if method in ("magicnet", "ga_magicnet"):
+        multi_gpu = (
+            "Multi-GPU training is not supported for the MagicNet family (`configs/multi_gpu_train.json` is "
+            "kept for uniformity and stops with that message).\n"
+        )
+    else:
+        multi_gpu = f"""Multi-GPU training (DDP; backend gloo without CUDA):
+
+```bash
+torchrun --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run \\
+    --config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir /path/to/{dataset}
+```
+"""
+    torchscript = ""
+    if scdl:
+        torchscript = f"""
+The exported TorchScript holds the whole prior path (SCDL proxies, projector, injection
+convolutions; eval mode: proxy means, no token noise), so inference can run on it instead of
+`models/model.pt` (the CheckpointLoader handler is then disabled):
+
+```bash
+python -m monai.bundle run --config_file configs/inference.json --input_files "['/path/to/ct.nii.gz']" \\
+    --network "\\$torch.jit.load('models/model.ts')" --handlers#0#_disabled_ true
+```
+"""
+    return f"""# {name}: {title} on {dataset} ({backbone})
 
 ## Model Overview
 
@@ -481,13 +756,10 @@ Classes:
 |---|---|
 {classes}
 
-{preprocessing}
 ## Training configuration
 
-SGD (Nesterov, momentum 0.9, weight decay 3e-5, lr 0.03) per network, polynomial decay (power 0.9)
-stepped after every epoch with the reference code's one-epoch lag, {dt['epochs']}, validation every
-`val_interval` = 10 epochs, patch {patch} (`patch_size`), batch 2 labeled{' + 2 unlabeled' if semi else ''}.
-Loss: cross-entropy + soft Dice (DHC "reference" forms){'; CPS term = cross-entropy with the other network’s argmax, weight 0.1 x sigmoid ramp-up over all epochs' if semi else ''}.
+{preprocessing}
+{method_text}{extra_text}
 Every loss term is logged by `StatsHandler` and TensorBoard (`eval/`).
 
 ## MONAI Bundle Commands
@@ -501,11 +773,11 @@ Train:
 python -m monai.bundle run --config_file configs/train.json --dataset_dir /path/to/{dataset}
 ```
 
-Override parameters (any config id), e.g. fewer epochs, another backbone, a smaller network:
+Override parameters (any config id), e.g. a shorter run{', another backbone' if swap else ''}, a smaller network:
 
 ```bash
 python -m monai.bundle run --config_file configs/train.json --dataset_dir /path/to/{dataset} \\
-    --train#trainer#max_epochs 100 --network_def#name unet --n_filters 8
+    {length}{swap} --n_filters 8
 ```
 
 Resume from the newest full-state checkpoint in `models/` (method with its buffers, every optimizer
@@ -515,13 +787,7 @@ and LR scheduler, AMP scaler, trainer epoch/iteration and unlabeled-stream posit
 python -m monai.bundle run --config_file configs/train.json --dataset_dir /path/to/{dataset} --resume true
 ```
 
-Multi-GPU training (DDP; backend gloo without CUDA):
-
-```bash
-torchrun --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run \\
-    --config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir /path/to/{dataset}
-```
-
+{multi_gpu}
 Experiment tracking with MLflow (needs `pip install mlflow`):
 
 ```bash
@@ -547,19 +813,19 @@ python -m monai.bundle run --config_file configs/inference.json --input_files "[
     --output_dir /path/to/out --sw_output_device cpu
 ```
 
-Export TorchScript and check the network against the metadata:
+Export TorchScript (by tracing) and check the network against the metadata:
 
 ```bash
 python -m monai.bundle ckpt_export {export_id} --filepath models/model.ts --ckpt_file models/model.pt \\
     --meta_file configs/metadata.json --config_file configs/inference.json \\
-    --use_trace True --input_shape "[1, 1, 96, 96, 64]"
+    --use_trace True --input_shape "[1, 1, {', '.join(str(p) for p in patch)}]"
 
 python -m monai.bundle verify_net_in_out {export_id} --meta_file configs/metadata.json \\
     --config_file configs/inference.json --n 2 --device cpu
 python -m monai.bundle verify_metadata --meta_file configs/metadata.json \\
     --filepath "$(python -c 'import scdl_monai.bundles as b; print(b.schema_path())')"
 ```
-
+{torchscript}
 `verify_metadata` uses scdl_monai's vendored reconstruction of the 20240725 metadata schema (the
 official file is a download that is not available offline).
 
@@ -598,42 +864,52 @@ def write_bundle(
     out: str | Path,
     backbone: str = DEFAULT_BACKBONE,
     root: str | Path | None = None,
-    protocol: str = DEFAULT_PROTOCOL,
+    protocol: str | None = None,
+    scdl: bool = False,
 ) -> Path:
     """Write a self-contained bundle directory.
 
-    Layout: ``configs/{train,evaluate,inference,multi_gpu_train,metadata}.json``,
-    ``configs/logging.conf``, ``docs/README.md``, ``docs/data_license.txt``, ``LICENSE``,
-    ``models/.gitkeep``. Every file is written atomically (temporary file + ``os.replace``);
-    other files already in ``out`` (e.g. trained ``models/*.pt``) are left alone.
+    Layout: ``configs/{train,evaluate,inference,multi_gpu_train,metadata}.json``, the method's
+    extra overlays (:func:`extra_overlays`) in ``configs/``, ``configs/logging.conf``,
+    ``docs/README.md``, ``docs/data_license.txt``, ``LICENSE``, ``models/.gitkeep``. Every file is
+    written atomically (temporary file + ``os.replace``); other files already in ``out`` (e.g.
+    trained ``models/*.pt``) are left alone.
 
     Args:
-        method: ``"supervised"`` or ``"cps"``.
+        method: one of :data:`METHODS`.
         dataset: ``"synapse"`` or ``"amos"``.
         out: the bundle folder (created).
-        backbone: ``"vnet"`` (default), ``"unet"`` or ``"segresnet"``.
+        backbone: ``"vnet"`` (default), ``"unet"`` or ``"segresnet"`` (VNet only for the
+            MagicNet family, GenericSSL and SCDL).
         root: components folder (default :func:`components_dir`).
-        protocol: preprocessing protocol, ``"native"`` (default), ``"dhc"`` or ``"ga"``.
+        protocol: preprocessing protocol, ``"native"``, ``"dhc"`` or ``"ga"``; ``None`` (default)
+            is the method's own (:data:`METHOD_PROTOCOLS`).
+        scdl: add the SCDL plug-in (folder name ``<method>_scdl_<dataset>``).
 
     Returns:
         ``out`` as a Path.
 
     Raises:
-        ValueError: unknown method/dataset/backbone; FileNotFoundError: missing components.
+        ValueError: unknown method/dataset/backbone/protocol; FileNotFoundError: missing components.
     """
-    name = bundle_name(method, dataset, backbone, protocol)
-    method, dataset = method.strip().lower(), dataset.strip().lower()
-    backbone, protocol = backbone.strip().lower(), protocol.strip().lower()
+    name = bundle_name(method, dataset, backbone, protocol, scdl)
+    method, dataset, backbone, protocol, scdl = _normalise(method, dataset, backbone, protocol, scdl)
     root = Path(root) if root is not None else components_dir()
     out = Path(out)
     texts: dict[str, str] = {}
+    configs: dict[str, dict] = {}
     for kind in _FULL_CONFIGS + _OVERLAY_CONFIGS:
-        texts[f"configs/{kind}.json"] = _dumps(compose_config(kind, method, dataset, backbone, root, protocol)) + "\n"
-    meta = build_metadata(method, dataset, backbone, protocol)
+        configs[kind] = compose_config(kind, method, dataset, backbone, root, protocol, scdl)
+        texts[f"configs/{kind}.json"] = _dumps(configs[kind]) + "\n"
+    extras = extra_overlays(method, root)
+    for path in extras:
+        _load_json(path)  # a broken overlay fails here, naming the file
+        texts[f"configs/{path.name}"] = path.read_text()
+    meta = build_metadata(method, dataset, backbone, protocol, scdl)
     texts["configs/metadata.json"] = _dumps(meta) + "\n"
     texts["configs/logging.conf"] = (root / "logging.conf").read_text()
     texts["LICENSE"] = (root / "LICENSE").read_text()
-    texts["docs/README.md"] = _readme(method, dataset, backbone, name, meta, protocol)
+    texts["docs/README.md"] = _readme(method, dataset, backbone, name, meta, protocol, scdl, configs["train"], root, extras)
     texts["docs/data_license.txt"] = _data_license(dataset)
     texts["models/.gitkeep"] = ""
     for rel, text in texts.items():
@@ -645,7 +921,7 @@ def write_all(out: str | Path | None = None, root: str | Path | None = None) -> 
     """Write every shipped bundle (:data:`SHIPPED`) under ``out`` (default: the repository's ``bundles/``)."""
     root = Path(root) if root is not None else components_dir()
     out = Path(out) if out is not None else root.parent
-    return [write_bundle(m, d, out / bundle_name(m, d), root=root) for m, d in SHIPPED]
+    return [write_bundle(m, d, out / bundle_name(m, d, scdl=s), root=root, scdl=s) for m, d, s in SHIPPED]
 
 
 def compare_bundle_dirs(expected: str | Path, actual: str | Path) -> list[str]:
@@ -698,11 +974,19 @@ def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint") -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _cli_write(method: str, dataset: str, out: str, backbone: str = DEFAULT_BACKBONE, protocol: str = DEFAULT_PROTOCOL) -> None:
-    """Write one self-contained bundle to OUT (method: supervised|cps; dataset: synapse|amos;
-    backbone: vnet|unet|segresnet; protocol: native|dhc|ga)."""
-    path = write_bundle(method, dataset, out, backbone=backbone, protocol=protocol)
-    print(f"wrote bundle {bundle_name(method, dataset, backbone, protocol)} to {path}")
+def _cli_write(
+    method: str,
+    dataset: str,
+    out: str,
+    backbone: str = DEFAULT_BACKBONE,
+    protocol: str | None = None,
+    scdl: bool | str = False,
+) -> None:
+    """Write one self-contained bundle to OUT (method: supervised|cps|dhc|ga_cps|magicnet|ga_magicnet|genericssl;
+    dataset: synapse|amos; backbone: vnet|unet|segresnet; protocol: native|dhc|ga, default the method's own;
+    scdl: true|false, add the SCDL plug-in)."""
+    path = write_bundle(method, dataset, out, backbone=backbone, protocol=protocol, scdl=scdl)
+    print(f"wrote bundle {bundle_name(method, dataset, backbone, protocol, scdl)} to {path}")
 
 
 def _cli_write_all(out: str | None = None) -> None:
@@ -716,9 +1000,9 @@ def _cli_check(root: str | None = None) -> None:
     base = Path(root) if root is not None else components_dir().parent
     problems: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for m, d in SHIPPED:
-            name = bundle_name(m, d)
-            write_bundle(m, d, Path(tmp) / name)
+        for m, d, s in SHIPPED:
+            name = bundle_name(m, d, scdl=s)
+            write_bundle(m, d, Path(tmp) / name, scdl=s)
             problems += [f"{name}: {p}" for p in compare_bundle_dirs(Path(tmp) / name, base / name)]
     if problems:
         raise ValueError("bundles differ from their components (run: python -m scdl_monai.bundles write-all):\n  " + "\n  ".join(problems))
