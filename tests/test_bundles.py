@@ -9,12 +9,17 @@ import torch
 from monai.bundle import ConfigParser, verify_metadata
 
 from scdl_monai.bundles import (
+    METHODS,
     SHIPPED,
     bundle_name,
     build_metadata,
     compare_bundle_dirs,
     component_files,
     compose_config,
+    components_dir,
+    default_protocol,
+    export_network_id,
+    extra_overlays,
     latest_checkpoint,
     main,
     schema_path,
@@ -28,9 +33,9 @@ from .conftest import REPO_ROOT
 def test_committed_bundles_equal_their_regeneration(tmp_path):
     """The committed bundles/ folders are exactly what the components generate (edit components, not bundles)."""
     problems = []
-    for method, dataset in SHIPPED:
-        name = bundle_name(method, dataset)
-        write_bundle(method, dataset, tmp_path / name)
+    for method, dataset, scdl in SHIPPED:
+        name = bundle_name(method, dataset, scdl=scdl)
+        write_bundle(method, dataset, tmp_path / name, scdl=scdl)
         problems += [f"{name}: {p}" for p in compare_bundle_dirs(tmp_path / name, REPO_ROOT / "bundles" / name)]
     assert problems == [], "run `python -m scdl_monai.bundles write-all`:\n" + "\n".join(problems)
 
@@ -100,15 +105,84 @@ def test_train_transforms_follow_the_native_protocol():
     assert tuple(spacing.spacing_transform.pixdim) == (1.5, 1.5, 2.0)
 
 
-@pytest.mark.parametrize("method,dataset", SHIPPED)
-def test_metadata_valid_against_vendored_schema(method, dataset, tmp_path):
-    meta = build_metadata(method, dataset)
+@pytest.mark.parametrize("method,dataset,scdl", SHIPPED)
+def test_metadata_valid_against_vendored_schema(method, dataset, scdl, tmp_path):
+    meta = build_metadata(method, dataset, scdl=scdl)
     path = tmp_path / "metadata.json"
     path.write_text(json.dumps(meta))
     verify_metadata(meta_file=str(path), filepath=str(schema_path()))
     assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == (14 if dataset == "synapse" else 16)
-    assert ("network_b_data_format" in meta) == (method == "cps")
+    assert ("network_b_data_format" in meta) == (method in ("cps", "dhc", "ga_cps"))
     assert "required_packages_version" in meta
+    assert any("arxiv.org/abs/2603.05202" in r for r in meta["references"]) == scdl
+    assert meta["name"].startswith(bundle_name(method, dataset, scdl=scdl) + " ")
+
+
+def test_every_method_is_shipped_on_both_datasets_and_scdl_on_the_papers_baselines():
+    names = {bundle_name(m, d, scdl=s) for m, d, s in SHIPPED}
+    assert {f"{m}_{d}" for m in METHODS for d in ("synapse", "amos")} <= names
+    for m in ("genericssl", "dhc", "ga_cps", "ga_magicnet", "cps"):
+        assert {f"{m}_scdl_synapse", f"{m}_scdl_amos"} <= names
+    assert len(names) == len(SHIPPED) == 24
+
+
+def test_names_follow_the_method_default_protocol():
+    assert [default_protocol(m) for m in ("supervised", "cps", "dhc", "genericssl", "ga_cps", "magicnet", "ga_magicnet")] == [
+        "native", "native", "dhc", "dhc", "ga", "ga", "ga"]  # fmt: skip
+    assert bundle_name("dhc", "synapse") == bundle_name("dhc", "synapse", protocol="dhc") == "dhc_synapse"
+    assert bundle_name("dhc", "amos", protocol="native") == "dhc_amos_native"
+    assert bundle_name("ga_cps", "amos", scdl=True) == "ga_cps_scdl_amos"
+    assert bundle_name("cps", "synapse", backbone="unet", protocol="ga") == "cps_synapse_unet_ga"
+    assert bundle_name("cps", "synapse", protocol="ga", scdl="true") == "cps_scdl_synapse_ga"
+    with pytest.raises(ValueError, match="backbone"):
+        bundle_name("magicnet", "synapse", backbone="unet")
+    with pytest.raises(ValueError, match="SCDL"):
+        compose_config("train", "cps", "synapse", backbone="segresnet", scdl=True)
+    with pytest.raises(ValueError, match="scdl"):
+        bundle_name("cps", "synapse", scdl="maybe")
+
+
+def test_method_and_scdl_composition_order():
+    root = components_dir()
+    rel = [p.relative_to(root).as_posix() for p in component_files("train", "ga_magicnet", "amos", scdl=True)]
+    assert rel == ["train.json", "datasets/amos.json", "backbones/vnet.json", "protocols/ga/train.json",
+                   "methods/magicnet/train.json", "methods/ga_magicnet/train.json", "scdl/train.json"]  # fmt: skip
+    rel = [p.relative_to(root).as_posix() for p in component_files("multi_gpu_train", "dhc", "synapse", scdl=True)]
+    assert rel == ["multi_gpu_train.json", "scdl/multi_gpu_train.json"]
+    ga = compose_config("train", "ga_magicnet", "synapse")
+    assert ga["ga_losses"] is True and ga["max_iterations"] == 17000 and ga["poly_iterations"] == 70000
+    assert ga["method_def"]["_target_"] == "scdl_monai.methods.magicnet.MagicNet"
+    scdl = compose_config("inference", "dhc", "amos", scdl=True)
+    assert scdl["network"] == "$@scdl_inference_network_def.to(@device)" and scdl["n_filters"] == 32
+    assert export_network_id(True) in scdl and export_network_id(False) in scdl
+    # the base configs are untouched by the plug-in: same baseline keys with and without SCDL
+    base = compose_config("train", "dhc", "amos")
+    changed = ("method", "lr_scheduler")  # the wrapped method; the SCDL param group added to the optimizer
+    with_scdl = compose_config("train", "dhc", "amos", scdl=True)
+    assert {k: v for k, v in with_scdl.items() if k in base and k not in changed} == {k: v for k, v in base.items() if k not in changed}
+
+
+def test_written_readmes_describe_the_method(tmp_path):
+    dhc = write_bundle("dhc", "synapse", tmp_path / "dhc")
+    assert sorted(p.name for p in extra_overlays("dhc")) == ["dhc_diffdw_diffdw.json", "dhc_distdw_distdw.json"]
+    for overlay in extra_overlays("dhc"):
+        assert (dhc / "configs" / overlay.name).read_text() == overlay.read_text()
+    readme = (dhc / "docs" / "README.md").read_text()
+    assert "\"['configs/train.json','configs/dhc_distdw_distdw.json']\"" in readme and "DiffDW" in readme
+    assert "random 128x128x64 crops" in readme and "--protocol" not in readme.split("## Data")[0]
+
+    ga = (write_bundle("ga_magicnet", "amos", tmp_path / "ga") / "docs" / "README.md").read_text()
+    assert "**70,000**" in ga and "**stops training at 17,000**" in ga and "--max_iterations 1000" in ga
+    assert "Multi-GPU training is not supported" in ga
+    amos = (write_bundle("genericssl", "amos", tmp_path / "gs") / "docs" / "README.md").read_text()
+    assert "AMOS is derived, not the reference" in amos and "network_def#name" not in amos
+
+    scdl = write_bundle("ga_cps", "synapse", tmp_path / "scdl", scdl=True)
+    text = (scdl / "docs" / "README.md").read_text()
+    assert "--method ga_cps --dataset synapse --scdl true" in text and "SCDL plug-in" in text
+    assert "ckpt_export scdl_inference_network_def" in text and "torch.jit.load('models/model.ts')" in text
+    assert '--input_shape "[1, 1, 96, 96, 96]"' in text
+    assert "ckpt_export inference_network_def" in (tmp_path / "dhc" / "docs" / "README.md").read_text()
 
 
 def test_bad_names_and_missing_components(tmp_path):
@@ -138,6 +212,9 @@ def test_latest_checkpoint(tmp_path):
 def test_cli_write_and_errors(tmp_path, capsys):
     assert main(["write", "--method", "supervised", "--dataset", "synapse", "--out", str(tmp_path / "b")]) == 0
     assert (tmp_path / "b" / "configs" / "train.json").is_file()
+    assert main(["write", "--method", "genericssl", "--dataset", "amos", "--scdl", "true", "--out", str(tmp_path / "s")]) == 0
+    assert "genericssl_scdl_amos" in capsys.readouterr().out
+    assert "scdl_method_def" in json.loads((tmp_path / "s" / "configs" / "train.json").read_text())
     assert main(["write", "--method", "nope", "--dataset", "synapse", "--out", str(tmp_path / "c")]) == 1
     assert "method" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()

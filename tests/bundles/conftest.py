@@ -1,6 +1,7 @@
-"""Shared scaffolding of the per-method bundle smoke tests: a tiny fake Synapse dataset, the
-component files of a composed bundle (same order as :func:`scdl_monai.bundles.compose_config`) and an
-initialised :class:`monai.bundle.ConfigWorkflow`."""
+"""Shared scaffolding of the bundle smoke tests: a tiny fake Synapse dataset, the component files of
+a composed bundle (exactly :func:`scdl_monai.bundles.component_files`, i.e. what the shipped bundle
+folders contain), tiny overrides, and :class:`monai.bundle.ConfigWorkflow` helpers (initialise,
+train, run, torchrun)."""
 
 import json
 import os
@@ -10,15 +11,39 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from scdl_monai.bundles import build_metadata
+from scdl_monai import bundles
 
 COMPONENTS = Path(__file__).resolve().parents[2] / "bundles" / "_components"
 SYNAPSE_CLASSES = 14
 FAKE_SHAPE = (24, 24, 20)
 #: 2 labeled, 2 unlabeled, 2 validation (one per DDP rank), 1 test
 DEFAULT_ROLES = ("training", "training", "unlabeled", "unlabeled", "validation", "test", "validation")
+
+#: Tiny sizes for every bundle: 32³ patches on a 32³ protocol grid ("dhc"/"ga" resize the whole
+#: volume to ``resize_grid``; "native" ignores it), 4 filters, no caching, batch 1 + 1, fp32.
+TINY = {"n_filters": 4, "patch_size": [32, 32, 32], "resize_grid": [32, 32, 32], "num_workers": 0, "cache_rate": 0.0,
+        "batch_size": 1, "unlabeled_batch_size": 1, "val_interval": 1, "amp": False}  # fmt: skip
+#: SCDL block at a tiny size (the overlay's ``scdl_block`` ids exist only with ``scdl=True``).
+SCDL_TINY = {"scdl_block#z_dim": 8, "scdl_block#num_proxy_samples": 3}
+#: MagicNet family: 48³ patches of 16³ cubes (3×3×3), batch norm (a 16³ cube has one bottleneck
+#: voxel, too few for the reference's InstanceNorm), location head width 32.
+MAGICNET_TINY = {"patch_size": [48, 48, 48], "cube_size": 16, "location_hidden_features": 32, "network_def#norm": "batch"}
+
+
+def tiny(method: str, scdl: bool = False, kind: str = "train") -> dict:
+    """The tiny overrides of a composed bundle config (``kind="inference"``: network-related keys only)."""
+    out = dict(TINY)
+    if method in ("magicnet", "ga_magicnet"):
+        out.update(MAGICNET_TINY)
+    if scdl:
+        out.update(SCDL_TINY)
+    if kind == "inference":
+        keep = {"n_filters", "patch_size", "resize_grid", "network_def#norm", "amp", *SCDL_TINY}
+        out = {k: v for k, v in out.items() if k in keep} | {"num_workers": 0, "progress": False}
+    return out
 
 
 def write_nifti(path, array, dtype) -> str:
@@ -27,11 +52,11 @@ def write_nifti(path, array, dtype) -> str:
     return str(path)
 
 
-def write_fake_synapse(root: Path, roles=DEFAULT_ROLES, metadata_method: str = "cps", seed: int = 0) -> Path:
+def write_fake_synapse(root: Path, roles=DEFAULT_ROLES, metadata_method: str = "cps", seed: int = 0, scdl: bool = False) -> Path:
     """Random images with one small box per organ (every class present) and a datalist.
 
     ``roles[i]`` names the datalist key(s) of case ``i``; ``"validation,test"`` puts the case in both.
-    ``metadata_method`` picks the metadata.json (network I/O) of a shipped bundle kind.
+    ``metadata_method`` / ``scdl`` pick the metadata.json of that bundle (its network I/O).
     """
     rng = np.random.default_rng(seed)
     entries: dict = {}
@@ -47,21 +72,22 @@ def write_fake_synapse(root: Path, roles=DEFAULT_ROLES, metadata_method: str = "
         for key in role.split(","):
             entries.setdefault(key, []).append(item)
     (root / "datalist.json").write_text(json.dumps(entries))
-    (root / "metadata.json").write_text(json.dumps(build_metadata(metadata_method, "synapse")))
+    (root / "metadata.json").write_text(json.dumps(bundles.build_metadata(metadata_method, "synapse", scdl=scdl)))
     return root
 
 
-def component_files(kind, *method_dirs, overlays=(), dataset="synapse", backbone="vnet") -> list:
-    """Base + dataset + backbone + ``<method_dir>/<kind>.json`` for each method dir + extra overlays.
+def config_files(kind, method, *overlays, dataset="synapse", scdl=False, protocol=None) -> list:
+    """The files of bundle config ``kind`` as the generator composes them, then ``overlays``.
 
-    ``kind="evaluate"`` uses the train files (add ``"evaluate.json"`` to ``overlays``).
+    ``kind="evaluate"`` / ``"multi_gpu_train"``: the train files followed by that overlay's files
+    (how ``--config_file "['configs/train.json','configs/evaluate.json']"`` reads them). ``overlays``
+    are paths relative to ``bundles/_components`` (e.g. ``"methods/dhc/dhc_distdw_distdw.json"``).
     """
-    base = "train" if kind == "evaluate" else kind
-    files = [COMPONENTS / f"{base}.json", COMPONENTS / "datasets" / f"{dataset}.json",
-             COMPONENTS / "backbones" / f"{backbone}.json"]  # fmt: skip
-    files += [COMPONENTS / d / f"{base}.json" for d in method_dirs]
-    files += [COMPONENTS / o for o in overlays]
-    return [str(f) for f in files]
+    base = "train" if kind in ("evaluate", "multi_gpu_train") else kind
+    files = bundles.component_files(base, method, dataset, root=COMPONENTS, protocol=protocol, scdl=scdl)
+    if kind != base:
+        files += bundles.component_files(kind, method, dataset, root=COMPONENTS, protocol=protocol, scdl=scdl)
+    return [str(f) for f in files] + [str(COMPONENTS / o) for o in overlays]
 
 
 def bundle_workflow(config_file, dataset, bundle_root, workflow_type="train", **overrides) -> ConfigWorkflow:
@@ -76,6 +102,34 @@ def bundle_workflow(config_file, dataset, bundle_root, workflow_type="train", **
     )
     wf.initialize()
     return wf
+
+
+def run_workflow(workflow: ConfigWorkflow) -> ConfigWorkflow:
+    """``run()`` then ``finalize()``; returns the workflow."""
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+def run_train(config_file, dataset, bundle_root, run=True, on_first_iteration=None, **overrides) -> ConfigWorkflow:
+    """Train on the fake dataset (one epoch and no resume unless overridden), asserting ``check_properties() == []``.
+
+    ``on_first_iteration(engine)`` is called once at the first ``ITERATION_STARTED``; an override
+    with value ``None`` removes that key from the overrides (keeps the config's default).
+    """
+    settings = {"dataset_dir": str(dataset), "train#trainer#max_epochs": 1, "resume_from": "", **overrides}
+    wf = bundle_workflow(config_file, dataset, bundle_root, **{k: v for k, v in settings.items() if v is not None})
+    assert wf.check_properties() == []
+    if on_first_iteration is not None:
+        seen = []
+
+        def first(engine):
+            if not seen:
+                seen.append(True)
+                on_first_iteration(engine)
+
+        wf.parser.get_parsed_content("train#trainer").add_event_handler(Events.ITERATION_STARTED, first)
+    return run_workflow(wf) if run else wf
 
 
 def run_torchrun(config_files, dataset, bundle_root, overrides, timeout=180):

@@ -1,9 +1,9 @@
-"""Smoke tests of the DHC method overlays (bundles/_components/methods/dhc) on fake NIfTI data.
+"""Smoke tests of the DHC bundle (bundles/_components/methods/dhc, "dhc" protocol) on fake NIfTI data.
 
-The configs are composed from the component files in the generator's order (train, dataset,
-backbone, method[, ablation overlay]) and run with MONAI's ``ConfigWorkflow`` on CPU with tiny
-networks: train (with resume), the Table 3 ablation overlays, and inference with the trained
-``models/model.pt``.
+The configs are composed exactly as the shipped ``dhc_synapse`` bundle (``scdl_monai.bundles``;
+base, dataset, backbone, protocol, method[, ablation overlay]) and run with MONAI's
+``ConfigWorkflow`` on CPU with tiny networks: train (with resume), evaluate, the Table 3 ablation
+overlays, inference with the trained ``models/model.pt``, and two-process DDP.
 """
 
 import json
@@ -12,16 +12,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from scdl_monai.weighting import DiffDW, DistDW
 
-from .conftest import COMPONENTS, run_torchrun, component_files, write_fake_synapse
+from .conftest import bundle_workflow, config_files, run_torchrun, run_train, run_workflow, tiny, write_fake_synapse
 from .conftest import FAKE_SHAPE as SHAPE
 from .conftest import SYNAPSE_CLASSES as C
 
+TINY = {**tiny("dhc"), "class_weight_log_interval": 1}
 
 
 @pytest.fixture(scope="module")
@@ -29,47 +28,21 @@ def dataset(tmp_path_factory):
     return write_fake_synapse(
         tmp_path_factory.mktemp("fake_synapse"),
         roles=("training", "training", "unlabeled", "unlabeled", "validation,test", "validation"),
-        metadata_method="cps",  # two-network I/O until "dhc" is in scdl_monai.bundles.METHODS
+        metadata_method="dhc",
     )
 
 
-def config_files(kind, *extra):
-    return component_files(kind, "methods/dhc", overlays=[f"methods/dhc/{e}" for e in extra])
+def files(kind, *ablation):
+    return config_files(kind, "dhc", *[f"methods/dhc/{a}" for a in ablation])
 
 
-TINY = {"n_filters": 4, "patch_size": [32, 32, 32], "num_workers": 0, "cache_rate": 0.0, "batch_size": 1,
-        "unlabeled_batch_size": 1, "val_interval": 1, "class_weight_log_interval": 1, "amp": False}  # fmt: skip
-
-
-def run_train(bundle_root, dataset, *extra, on_first_iteration=None, **overrides):
-    workflow = ConfigWorkflow(
-        config_file=config_files("train", *extra),
-        workflow_type="train",
-        meta_file=str(dataset / "metadata.json"),
-        logging_file=str(COMPONENTS / "logging.conf"),
-        bundle_root=str(bundle_root),
-        dataset_dir=str(dataset),
-        **{**TINY, "train#trainer#max_epochs": 1, "resume_from": "", **overrides},
-    )
-    workflow.initialize()
-    assert workflow.check_properties() in (None, [])
-    if on_first_iteration is not None:
-        trainer = workflow.parser.get_parsed_content("train#trainer")
-        seen = []
-
-        def first(engine):
-            if not seen:
-                seen.append(True)
-                on_first_iteration(engine)
-
-        trainer.add_event_handler(Events.ITERATION_STARTED, first)
-    workflow.run()
-    workflow.finalize()
-    return workflow
+def train(bundle_root, dataset, *ablation, on_first_iteration=None, **overrides):
+    return run_train(files("train", *ablation), dataset, bundle_root, on_first_iteration=on_first_iteration,
+                     **{**TINY, **overrides})  # fmt: skip
 
 
 def test_dhc_train_resume_evaluate_and_inference(tmp_path, dataset):
-    workflow = run_train(tmp_path, dataset)
+    workflow = train(tmp_path, dataset)
     method = workflow.parser.get_parsed_content("method")
     assert isinstance(method.weighting_a, DiffDW) and isinstance(method.weighting_b, DistDW)
     assert bool(method.trackers_started)
@@ -88,44 +61,20 @@ def test_dhc_train_resume_evaluate_and_inference(tmp_path, dataset):
     def snapshot(engine):
         at_start.update({k: v.clone() for k, v in engine.method.state_dict().items() if k.startswith("weighting_")})
 
-    resumed = run_train(
+    resumed = train(
         tmp_path, dataset, on_first_iteration=snapshot, **{"resume_from": resume_from, "train#trainer#max_epochs": 2}
     )
     assert at_start and all(torch.equal(v, ckpt["method"][k]) for k, v in at_start.items())
     assert resumed.parser.get_parsed_content("train#trainer").state.epoch == 2
 
-    evaluate = ConfigWorkflow(
-        config_file=config_files("train") + [str(COMPONENTS / "evaluate.json")],
-        workflow_type="eval",
-        meta_file=str(dataset / "metadata.json"),
-        logging_file=str(COMPONENTS / "logging.conf"),
-        bundle_root=str(tmp_path),
-        dataset_dir=str(dataset),
-        **TINY,
-    )
-    evaluate.initialize()
-    evaluate.run()
-    evaluate.finalize()
+    evaluate = run_workflow(bundle_workflow(files("evaluate"), dataset, tmp_path, dataset_dir=str(dataset), **TINY))
     assert 0.0 <= evaluate.parser.get_parsed_content("validate#evaluator").state.metrics["val_mean_dice"] <= 1.0
     assert len(list((tmp_path / "eval" / "predictions").glob("*.nii.gz"))) == 1
 
-    infer = ConfigWorkflow(
-        config_file=config_files("inference"),
-        workflow_type="infer",
-        meta_file=str(dataset / "metadata.json"),
-        logging_file=str(COMPONENTS / "logging.conf"),
-        bundle_root=str(tmp_path),
-        input_files=[json.loads((dataset / "datalist.json").read_text())["validation"][0]["image"]],
-        output_dir=str(tmp_path / "pred"),
-        n_filters=4,
-        patch_size=[32, 32, 32],
-        num_workers=0,
-        progress=False,
-        amp=False,
-    )
-    infer.initialize()
-    infer.run()
-    infer.finalize()
+    image = json.loads((dataset / "datalist.json").read_text())["validation"][0]["image"]
+    infer = bundle_workflow(files("inference"), dataset, tmp_path, workflow_type="infer", input_files=[image],
+                            output_dir=str(tmp_path / "pred"), **tiny("dhc", kind="inference"))  # fmt: skip
+    run_workflow(infer)
     (out,) = list((tmp_path / "pred").glob("*.nii.gz"))
     pred = np.asarray(nib.load(str(out)).dataobj)
     assert pred.shape == SHAPE and pred.min() >= 0 and pred.max() < C
@@ -135,7 +84,7 @@ def test_dhc_train_resume_evaluate_and_inference(tmp_path, dataset):
     "overlay, types", [("dhc_distdw_distdw.json", (DistDW, DistDW)), ("dhc_diffdw_diffdw.json", (DiffDW, DiffDW))]
 )
 def test_table3_ablations_are_config_only(tmp_path, dataset, overlay, types):
-    workflow = run_train(tmp_path, dataset, overlay)
+    workflow = train(tmp_path, dataset, overlay)
     method = workflow.parser.get_parsed_content("method")
     assert (type(method.weighting_a), type(method.weighting_b)) == types
     name = overlay[:-5]
@@ -146,9 +95,8 @@ def test_table3_ablations_are_config_only(tmp_path, dataset, overlay, types):
 
 def test_dhc_multi_gpu_overlay_two_processes(tmp_path, dataset):
     """torchrun, 2 CPU processes (gloo): DDP networks, per-rank trackers, rank-0 logging and checkpoints."""
-    files = config_files("train") + [str(COMPONENTS / "multi_gpu_train.json")]
     overrides = {**TINY, "resume_from": "", "train#trainer#max_epochs": 1}
-    proc = run_torchrun(files, dataset, tmp_path, overrides, timeout=120)
+    proc = run_torchrun(files("multi_gpu_train"), dataset, tmp_path, overrides, timeout=120)
     ckpt = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=True)
     assert not any(k.startswith("module.") or ".module." in k for k in ckpt["method"])  # unwrapped networks
     assert bool(ckpt["method"]["trackers_started"])

@@ -1,6 +1,6 @@
-"""Smoke tests of the GA-CPS method overlay (bundles/_components/methods/ga_cps) on fake NIfTI data.
+"""Smoke tests of the GA-CPS bundle (bundles/_components/methods/ga_cps, "ga" protocol) on fake NIfTI data.
 
-Configs are composed in the generator's order (base, dataset, backbone, method[, overlay]) and
+Configs are composed exactly as the shipped ``ga_cps_synapse`` bundle (``scdl_monai.bundles``) and
 run with MONAI's ``ConfigWorkflow`` on CPU with tiny networks: train (checking the per-iteration
 poly LR and the per-epoch CPS weight of the GA reference), evaluate, inference, and two-process
 DDP training with torchrun (gloo).
@@ -17,37 +17,30 @@ import torch
 from scdl_monai.losses.ga import GACELoss
 from scdl_monai.methods.ga_cps import GACPS
 
-from .conftest import run_torchrun, bundle_workflow, component_files, write_fake_synapse
+from .conftest import bundle_workflow, config_files, run_torchrun, run_train, run_workflow, tiny, write_fake_synapse
 from .conftest import FAKE_SHAPE as SHAPE
 from .conftest import SYNAPSE_CLASSES as C
 
-TINY = {"n_filters": 4, "patch_size": [32, 32, 32], "num_workers": 0, "cache_rate": 0.0, "batch_size": 1,
-        "unlabeled_batch_size": 1, "val_interval": 1, "amp": False}  # fmt: skip
+TINY = tiny("ga_cps")
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return write_fake_synapse(tmp_path_factory.mktemp("fake_synapse_ga"))
+    return write_fake_synapse(tmp_path_factory.mktemp("fake_synapse_ga"), metadata_method="ga_cps")
 
 
-def config_files(kind, *overlays):
-    return component_files(kind, "methods/ga_cps", overlays=overlays)
-
-
-workflow = bundle_workflow
+def files(kind):
+    return config_files(kind, "ga_cps")
 
 
 def test_ga_cps_train_evaluate_inference(tmp_path, dataset):
-    train = workflow(config_files("train"), dataset, tmp_path, dataset_dir=str(dataset), resume_from="",
-                     **{**TINY, "train#trainer#max_epochs": 1})  # fmt: skip
-    assert train.check_properties() in (None, [])
+    train = run_train(files("train"), dataset, tmp_path, run=False, **TINY)
     parser = train.parser
     method = parser.get_parsed_content("method")
     assert isinstance(method, GACPS) and isinstance(method.cps_loss, GACELoss) and method.cps_loss.k == 100
     assert parser.get_parsed_content("iterations_per_epoch") == 2  # two unlabeled cases, batch 1
     assert parser.get_parsed_content("cps_ramp_epochs") == 17000 // 2 + 1  # E = max_iter // it_per_epoch + 1
-    train.run()
-    train.finalize()
+    run_workflow(train)
     trainer = parser.get_parsed_content("train#trainer")
     assert trainer.state.iteration == 2
     # per-iteration poly over 17,000 iterations, after two steps; per-epoch CPS weight of epoch 0
@@ -60,27 +53,21 @@ def test_ga_cps_train_evaluate_inference(tmp_path, dataset):
     assert {"method", "optimizer", "optimizer_b", "lr_scheduler", "lr_scheduler_b", "trainer"} <= ckpt.keys()
     assert (tmp_path / "models" / "model.pt").exists()  # iteration-level validation saved the best model
 
-    evaluate = workflow(config_files("evaluate", "evaluate.json"), dataset, tmp_path, dataset_dir=str(dataset), **TINY)
-    evaluate.run()
-    evaluate.finalize()
+    run_workflow(bundle_workflow(files("evaluate"), dataset, tmp_path, dataset_dir=str(dataset), **TINY))
     assert (tmp_path / "eval" / "metrics.csv").exists()
     assert len(list((tmp_path / "eval" / "predictions").glob("*.nii.gz"))) == 1
 
     image = json.loads((dataset / "datalist.json").read_text())["validation"][0]["image"]
-    infer = workflow(config_files("inference"), dataset, tmp_path, workflow_type="infer", input_files=[image],
-                     output_dir=str(tmp_path / "pred"), n_filters=4, patch_size=[32, 32, 32], num_workers=0,
-                     progress=False, amp=False)  # fmt: skip
-    infer.run()
-    infer.finalize()
+    run_workflow(bundle_workflow(files("inference"), dataset, tmp_path, workflow_type="infer", input_files=[image],
+                                 output_dir=str(tmp_path / "pred"), **tiny("ga_cps", kind="inference")))  # fmt: skip
     (out,) = list((tmp_path / "pred").glob("*.nii.gz"))
     pred = np.asarray(nib.load(str(out)).dataobj)
     assert pred.shape == SHAPE and pred.min() >= 0 and pred.max() < C
 
 
 def test_ga_cps_two_process_ddp(tmp_path, dataset):
-    files = config_files("train", "multi_gpu_train.json")
     overrides = {**TINY, "train#trainer#max_epochs": 1, "resume_from": "", "val_interval": 1000}
-    run_torchrun(files, dataset, tmp_path, overrides)
+    run_torchrun(files("multi_gpu_train"), dataset, tmp_path, overrides)
     ckpt = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=True)
     assert not any(k.startswith("module.") or ".module." in k for k in ckpt["method"])
     assert ckpt["trainer"]["iteration"] == 1  # one unlabeled case per rank -> one iteration per epoch

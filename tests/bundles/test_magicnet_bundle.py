@@ -1,9 +1,10 @@
-"""Smoke tests of the MagicNet / GA-MagicNet overlays (bundles/_components/methods/magicnet) on fake NIfTI.
+"""Smoke tests of the MagicNet / GA-MagicNet bundles (bundles/_components/methods/{magicnet,ga_magicnet}).
 
-Configs are composed in the generator's order (base, dataset, backbone, method[, ga_magicnet.json])
-and run with MONAI's ``ConfigWorkflow`` on CPU. Tiny size: 48³ patches with 16³ cubes (3×3×3
-grid), n_filters 4 and batch norm (a 16³ cube has one bottleneck voxel, too few for the
-reference's InstanceNorm), location head width 32.
+Configs are composed exactly as the shipped ``magicnet_synapse`` / ``ga_magicnet_synapse`` bundles
+("ga" protocol; GA-MagicNet = the MagicNet files + ``methods/ga_magicnet``) and run with MONAI's
+``ConfigWorkflow`` on CPU. Tiny size: 48³ patches with 16³ cubes (3×3×3 grid), n_filters 4 and
+batch norm (a 16³ cube has one bottleneck voxel, too few for the reference's InstanceNorm),
+location head width 32.
 """
 
 import json
@@ -12,55 +13,33 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 
 from scdl_monai.losses.ga import GACELoss, GADiceLoss
 from scdl_monai.methods.magicnet import MagicNet, ema_momentum
 from scdl_monai.networks.vnet import VNet
 
-from .conftest import COMPONENTS, component_files, write_fake_synapse
+from .conftest import bundle_workflow, config_files, run_train, run_workflow, tiny, write_fake_synapse
 from .conftest import FAKE_SHAPE as SHAPE
 from .conftest import SYNAPSE_CLASSES as C
 
-TINY = {"n_filters": 4, "patch_size": [48, 48, 48], "cube_size": 16, "location_hidden_features": 32,
-        "network_def#norm": "batch", "num_workers": 0, "cache_rate": 0.0, "batch_size": 1,
-        "unlabeled_batch_size": 1, "val_interval": 2, "amp": False}  # fmt: skip
+TINY = {**tiny("magicnet"), "val_interval": 2}
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return write_fake_synapse(
         tmp_path_factory.mktemp("fake_synapse_magicnet"),
-        roles=("training", "training", "unlabeled", "unlabeled", "validation"),
-        metadata_method="supervised",  # single-network I/O until "magicnet" is in scdl_monai.bundles.METHODS
+        roles=("training", "training", "unlabeled", "unlabeled", "validation,test"),
+        metadata_method="magicnet",
     )
 
 
-def config_files(kind, *extra):
-    return component_files(kind, "methods/magicnet", overlays=[f"methods/magicnet/{e}" for e in extra])
-
-
-def run_train(bundle_root, dataset, *extra, run=True, **overrides):
-    settings = {**TINY, "train#trainer#max_epochs": 1, "resume_from": "", **overrides}
-    workflow = ConfigWorkflow(
-        config_file=config_files("train", *extra),
-        workflow_type="train",
-        meta_file=str(dataset / "metadata.json"),
-        logging_file=str(COMPONENTS / "logging.conf"),
-        bundle_root=str(bundle_root),
-        dataset_dir=str(dataset),
-        **{k: v for k, v in settings.items() if v is not None},  # None removes a default override
-    )
-    workflow.initialize()
-    assert workflow.check_properties() in (None, [])
-    if run:
-        workflow.run()
-        workflow.finalize()
-    return workflow
+def train(bundle_root, dataset, method="magicnet", run=True, **overrides):
+    return run_train(config_files("train", method), dataset, bundle_root, run=run, **{**TINY, **overrides})
 
 
 def test_magicnet_train_resume_and_inference(tmp_path, dataset):
-    workflow = run_train(tmp_path, dataset)
+    workflow = train(tmp_path, dataset)
     parser = workflow.parser
     method = parser.get_parsed_content("method")
     assert isinstance(method, MagicNet) and not method.ga_losses and not method.reproduce_index_bug
@@ -79,30 +58,22 @@ def test_magicnet_train_resume_and_inference(tmp_path, dataset):
     model = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith(("teacher.", "location_head.", "backbone.")) for k in model)  # the student VNet only
 
-    resumed = run_train(tmp_path, dataset, resume_from=str(tmp_path / "models" / "checkpoint_final.pt"),
-                        **{"train#trainer#max_epochs": 2})  # fmt: skip
+    resumed = train(tmp_path, dataset, resume_from=str(tmp_path / "models" / "checkpoint_final.pt"),
+                    **{"train#trainer#max_epochs": 2})  # fmt: skip
     resumed_method = resumed.parser.get_parsed_content("method")
     assert int(resumed_method.iteration) == 4 and resumed.parser.get_parsed_content("train#trainer").state.epoch == 2
 
-    infer = ConfigWorkflow(
-        config_file=config_files("inference"),
-        workflow_type="infer",
-        meta_file=str(dataset / "metadata.json"),
-        logging_file=str(COMPONENTS / "logging.conf"),
-        bundle_root=str(tmp_path),
-        input_files=[json.loads((dataset / "datalist.json").read_text())["validation"][0]["image"]],
-        output_dir=str(tmp_path / "pred"),
-        n_filters=4,
-        patch_size=[48, 48, 48],
-        num_workers=0,
-        progress=False,
-        amp=False,
-        **{"network_def#norm": "batch"},
-    )
-    infer.initialize()
+    evaluate = run_workflow(bundle_workflow(config_files("evaluate", "magicnet"), dataset, tmp_path,
+                                            dataset_dir=str(dataset), **TINY))  # fmt: skip
+    assert 0.0 <= evaluate.parser.get_parsed_content("validate#evaluator").state.metrics["val_mean_dice"] <= 1.0
+    assert len(list((tmp_path / "eval" / "predictions").glob("*.nii.gz"))) == 1
+
+    image = json.loads((dataset / "datalist.json").read_text())["validation"][0]["image"]
+    infer = bundle_workflow(config_files("inference", "magicnet"), dataset, tmp_path, workflow_type="infer",
+                            input_files=[image], output_dir=str(tmp_path / "pred"),
+                            **tiny("magicnet", kind="inference"))  # fmt: skip
     assert isinstance(infer.parser.get_parsed_content("network"), VNet)
-    infer.run()
-    infer.finalize()
+    run_workflow(infer)
     (out,) = list((tmp_path / "pred").glob("*.nii.gz"))
     pred = np.asarray(nib.load(str(out)).dataobj)
     assert pred.shape == SHAPE and pred.min() >= 0 and pred.max() < C
@@ -112,20 +83,20 @@ def test_reference_configuration_values(tmp_path, dataset):
     """Reference-size settings are what the configs say (parsed, not run)."""
     reference = {"n_filters": 16, "patch_size": [96, 96, 96], "cube_size": 32, "location_hidden_features": 4096,
                  "network_def#norm": "instance", "train#trainer#max_epochs": None}  # fmt: skip
-    parser = run_train(tmp_path, dataset, run=False, **reference).parser
+    parser = train(tmp_path, dataset, run=False, **reference).parser
     student = parser.get_parsed_content("student")
     assert student.backbone.norm == "instance" and student.backbone.n_filters == 16
     assert student.location_head.in_features == 2048 and student.num_locations == 27
     assert parser.get_parsed_content("train#trainer#max_epochs") == 70000 // 2 + 1
 
 
-def test_ga_magicnet_overlay_is_config_only(tmp_path, dataset):
-    workflow = run_train(tmp_path, dataset, "ga_magicnet.json")
+def test_ga_magicnet_is_config_only(tmp_path, dataset):
+    workflow = train(tmp_path, dataset, method="ga_magicnet")
     parser = workflow.parser
     method = parser.get_parsed_content("method")
     assert method.ga_losses and isinstance(method.ce_loss, GACELoss) and isinstance(method.dice_loss, GADiceLoss)
     assert parser.get_parsed_content("method_name") == "ga_magicnet"
-    assert (tmp_path / "models_ga_magicnet" / "checkpoint_final.pt").exists()
+    assert (tmp_path / "models" / "checkpoint_final.pt").exists()
     # literal GA-MagicNet schedule: poly over 70,000 iterations, training stopped after 17,000 // it + 1 epochs
     assert parser.get_parsed_content("lr_scheduler").total_iters == 70000
     assert parser.get_parsed_content("max_iterations") == 17000

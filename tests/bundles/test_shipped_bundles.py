@@ -1,10 +1,14 @@
-"""The four shipped bundles (supervised/CPS x Synapse/AMOS) end to end on synthetic NIfTI data.
+"""The shipped bundles (``scdl_monai.bundles.SHIPPED``: every method and SCDL variant on Synapse and AMOS).
 
-For every bundle, in a temporary copy: ``ConfigWorkflow`` train (``check_properties() == []``,
-run, finalize), train + evaluate overlay, inference (standalone config); then MONAI's
-``verify_metadata`` (vendored schema), ``verify_net_in_out`` and ``ckpt_export`` (TorchScript by tracing)
-plus our own spatial-shape check (``verify_net_in_out`` checks channels and dtype only,
-BUNDLES.md §6). Tiny overrides: 1 epoch, cache_rate 0, patch 32^3, n_filters 4.
+* Every shipped bundle, without training: MONAI's ``verify_metadata`` (vendored schema),
+  ``check_properties() == []`` for ``train.json`` and ``inference.json``, ``verify_net_in_out``
+  for ``network_def`` and the exported network, and ``ckpt_export`` (TorchScript by tracing) of
+  the exported network at a tiny size, compared with the eager network.
+* Train / evaluate / inference end to end, in a temporary copy of the bundle on synthetic NIfTI
+  data, for the method x {baseline, SCDL} x dataset combinations that no per-method test
+  (``test_<method>_bundle.py``, ``test_scdl_bundle.py``) already runs: together every method
+  with and without SCDL is smoke-tested, the ones here mostly on AMOS and the per-method ones on
+  Synapse. Exported SCDL networks are run through ``inference.json`` in place of the checkpoint.
 """
 
 import json
@@ -16,36 +20,40 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
-from scdl_monai.bundles import SHIPPED, bundle_name, schema_path
+from scdl_monai.bundles import METHOD_PROTOCOLS, SHIPPED, bundle_name, export_network_id, schema_path
 from scdl_monai.data.phantom import generate_phantom
 
 from ..conftest import REPO_ROOT
+from .conftest import tiny
 
-TINY = {
-    "train#trainer#max_epochs": 1,
-    "cache_rate": 0.0,
-    "num_workers": 0,
-    "patch_size": [32, 32, 32],
-    "n_filters": 4,
-    "batch_size": 1,
-    "unlabeled_batch_size": 1,
-    "val_interval": 1,
-    "device": "cpu",
-}
+#: (method, dataset, scdl) trained here; the rest run in the per-method bundle tests on Synapse.
+SMOKE = (
+    ("supervised", "synapse", False),
+    ("cps", "amos", False),
+    ("ga_magicnet", "amos", False),
+    ("dhc", "amos", True),
+    ("ga_cps", "amos", True),
+    ("ga_magicnet", "synapse", True),
+    ("genericssl", "amos", True),
+)
+TWO_NETWORKS = ("cps", "dhc", "ga_cps")
+
+
+def _id(case):
+    method, dataset, scdl = case
+    return bundle_name(method, dataset, scdl=scdl)
+
+
+def _network_overrides(method, scdl):
+    """Tiny network size for the inference config (what verify_net_in_out / ckpt_export build)."""
+    return {k: v for k, v in tiny(method, scdl, kind="inference").items() if k not in ("amp", "progress", "num_workers")}
 
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     """7 phantom cases of 32^3 (Synapse ids, valid for AMOS's 16 classes too): 2 labeled, 2 unlabeled, 2 val, 1 test."""
     root = tmp_path_factory.mktemp("phantom")
-    datalist = generate_phantom(root, num_cases=7, shape=(32, 32, 32), seed=0, labeled_fraction=0.5, num_validation=2, num_test=1)
-    return datalist
-
-
-def _copy_bundle(name, tmp_path):
-    dst = tmp_path / name
-    shutil.copytree(REPO_ROOT / "bundles" / name, dst)
-    return dst
+    return generate_phantom(root, num_cases=7, shape=(32, 32, 32), seed=0, labeled_fraction=0.5, num_validation=2, num_test=1)
 
 
 def _workflow(bundle, configs, workflow_type, **overrides):
@@ -55,62 +63,103 @@ def _workflow(bundle, configs, workflow_type, **overrides):
         meta_file=str(bundle / "configs" / "metadata.json"),
         logging_file=False,
         workflow_type=workflow_type,
-        bundle_root=str(bundle),
-        **overrides,
+        **{"bundle_root": str(bundle), **overrides},
     )
 
 
-@pytest.mark.parametrize("method,dataset", SHIPPED)
-def test_train_evaluate_infer_verify_export(method, dataset, phantom, tmp_path):
-    bundle = _copy_bundle(bundle_name(method, dataset), tmp_path)
-    data = {"dataset_dir": str(phantom.parent), "datalist": str(phantom)}
+def _export(bundle, net_id, ckpt, out, small, shape):
+    meta, config = str(bundle / "configs" / "metadata.json"), str(bundle / "configs" / "inference.json")
+    ckpt_export(net_id=net_id, filepath=str(out), ckpt_file=str(ckpt), meta_file=meta, config_file=config,
+                use_trace=True, input_shape=[1, 1, *shape], **small)  # fmt: skip
+    return torch.jit.load(str(out))
+
+
+def _network(bundle, net_id, small):
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.read_meta(str(bundle / "configs" / "metadata.json"))
+    parser.update(small)
+    return parser.get_parsed_content(net_id).eval()
+
+
+@pytest.mark.parametrize("method,dataset,scdl", SHIPPED, ids=[_id(c) for c in SHIPPED])
+def test_shipped_bundle_verifies_and_exports(method, dataset, scdl, phantom, tmp_path):
+    bundle = REPO_ROOT / "bundles" / bundle_name(method, dataset, scdl=scdl)
+    meta_file = bundle / "configs" / "metadata.json"
+    verify_metadata(meta_file=str(meta_file), filepath=str(schema_path()))
+    meta = json.loads(meta_file.read_text())
+    num_classes = 14 if dataset == "synapse" else 16
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == num_classes
+    assert ("network_b_data_format" in meta) == (method in TWO_NETWORKS)
+    # check_properties() instantiates every property (trainer, datasets, evaluator...): tiny sizes
+    settings = {
+        "train": {**tiny(method, scdl), "datalist": str(phantom), "device": "cpu"},
+        "inference": {**tiny(method, scdl, kind="inference"), "input_files": [], "device": "cpu"},
+    }
+    for config, workflow_type in (("train", "train"), ("inference", "inference")):
+        wf = _workflow(bundle, [config], workflow_type, bundle_root=str(tmp_path), **settings[config])
+        wf.initialize()
+        assert wf.check_properties() == [], config
+        assert wf.parser.get_parsed_content("protocol") == METHOD_PROTOCOLS[method]
+        assert wf.parser.get_parsed_content("method_name") == method
+        assert ("scdl_block" in wf.parser.config) == scdl
+
+    small = _network_overrides(method, scdl)
+    export_id = export_network_id(scdl)
+    for net_id in ("network_def", export_id):
+        verify_net_in_out(net_id=net_id, meta_file=str(meta_file), config_file=str(bundle / "configs" / "inference.json"),
+                          n=2, device="cpu", **small)  # fmt: skip
+    net = _network(bundle, export_id, small)
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    scripted = _export(bundle, export_id, tmp_path / "model.pt", tmp_path / "model.ts", small, (32, 32, 32))
+    x = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), net(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("method,dataset,scdl", SMOKE, ids=[_id(c) for c in SMOKE])
+def test_shipped_bundle_trains_evaluates_infers(method, dataset, scdl, phantom, tmp_path):
+    bundle = tmp_path / bundle_name(method, dataset, scdl=scdl)
+    shutil.copytree(REPO_ROOT / "bundles" / bundle.name, bundle)
+    data = {"dataset_dir": str(phantom.parent), "datalist": str(phantom), "device": "cpu"}
+    settings = {**tiny(method, scdl), **data}
     num_classes = 14 if dataset == "synapse" else 16
 
     # --- train: properties, run, finalize
-    train = _workflow(bundle, ["train"], "train", **TINY, **data)
+    train = _workflow(bundle, ["train"], "train", **settings, **{"train#trainer#max_epochs": 1})
     train.initialize()
     assert train.check_properties() == []
     train.run()
     train.finalize()
     models = bundle / "models"
-    assert (models / "model.pt").is_file()  # best key metric (validation every epoch)
-    assert (models / "checkpoint_final.pt").is_file()
+    assert (models / "model.pt").is_file() and (models / "checkpoint_final.pt").is_file()
     state = torch.load(models / "checkpoint_final.pt", weights_only=True)
     expected = {"method", "optimizer", "lr_scheduler", "scaler", "trainer"}
-    if method == "cps":
+    if method in TWO_NETWORKS:
         expected |= {"optimizer_b", "lr_scheduler_b"}
     assert expected <= set(state)
     assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"]  # one full epoch
     assert not any(k.startswith("module.") or ".module." in k for k in state["method"])
+    assert any(".scdl." in k for k in state["method"]) == scdl
+    output = train.parser.get_parsed_content("train#trainer").state.output[0]
+    assert np.isfinite(float(output["loss"])) and ("loss_scdl" in output) == scdl
 
     # --- evaluate overlay: loads model.pt, writes metrics and inverted predictions of the test split
-    evaluate = _workflow(bundle, ["train", "evaluate"], "train", **TINY, **data, output_dir=str(tmp_path / "eval"))
+    evaluate = _workflow(bundle, ["train", "evaluate"], "train", **settings, output_dir=str(tmp_path / "eval"))
     evaluate.initialize()
     evaluate.run()
     evaluate.finalize()
     test_case = json.loads(phantom.read_text())["test"][0]
     pred_file = tmp_path / "eval" / "predictions" / f"{test_case['case_id']}_seg.nii.gz"
     assert pred_file.is_file() and (tmp_path / "eval" / "metrics.csv").is_file()
-    raw = (tmp_path / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
-    assert len(raw) == 2 and len(raw[0].split(",")) == 1 + (num_classes - 1) + 1  # filename, classes 1..C-1, mean
-    ref = nib.load(test_case["image"])
-    pred = nib.load(str(pred_file))
+    ref, pred = nib.load(test_case["image"]), nib.load(str(pred_file))
     assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine)
     assert int(np.asanyarray(pred.dataobj).max()) < num_classes
 
-    # --- inference (standalone config)
-    infer = _workflow(
-        bundle,
-        ["inference"],
-        "inference",
-        n_filters=4,
-        patch_size=[32, 32, 32],
-        device="cpu",
-        num_workers=0,
-        progress=False,
-        input_files=[test_case["image"]],
-        output_dir=str(tmp_path / "infer"),
-    )
+    # --- inference (standalone config), then the same with the exported TorchScript network
+    small = _network_overrides(method, scdl)
+    common = {**small, "device": "cpu", "num_workers": 0, "progress": False, "input_files": [test_case["image"]]}
+    infer = _workflow(bundle, ["inference"], "inference", **common, output_dir=str(tmp_path / "infer"))
     infer.initialize()
     assert infer.check_properties() == []
     infer.run()
@@ -120,40 +169,16 @@ def test_train_evaluate_infer_verify_export(method, dataset, phantom, tmp_path):
     # same weights, same transforms: the evaluate overlay and the inference config agree voxel for voxel
     assert np.array_equal(np.asanyarray(out.dataobj), np.asanyarray(pred.dataobj))
 
-    # --- metadata / network checks / export
-    meta = str(bundle / "configs" / "metadata.json")
-    config = str(bundle / "configs" / "inference.json")
-    verify_metadata(meta_file=meta, filepath=str(schema_path()))
-    small = {"n_filters": 4, "patch_size": [32, 32, 32]}
-    for net_id in ("network_def", "inference_network_def"):
-        verify_net_in_out(net_id=net_id, meta_file=meta, config_file=config, n=2, device="cpu", **small)
-    parser = ConfigParser()
-    parser.read_config(config)
-    parser.read_meta(meta)
-    parser.update(small)
-    net = parser.get_parsed_content("inference_network_def").eval()
-    net.load_state_dict(torch.load(models / "model.pt", weights_only=True))
-    for n in (2, 3):  # "16*n" per axis: output keeps the input's spatial shape
-        x = torch.rand(1, 1, 16 * n, 16 * n, 32)
-        with torch.no_grad():
-            assert net(x).shape == (1, num_classes, 16 * n, 16 * n, 32)
-    ts = tmp_path / "model.ts"
-    ckpt_export(
-        net_id="inference_network_def",
-        filepath=str(ts),
-        ckpt_file=str(models / "model.pt"),
-        meta_file=meta,
-        config_file=config,
-        use_trace=True,  # the project VNet's decode() is not scriptable (try/except); tracing is
-        input_shape=[1, 1, 32, 32, 32],
-        **small,
-    )
-    scripted = torch.jit.load(str(ts))
-    x = torch.rand(1, 1, 32, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(scripted(x), net(x), atol=1e-5)
-        # the traced module is not tied to the trace shape (no shape-dependent control flow)
-        assert scripted(torch.rand(1, 1, 48, 32, 16)).shape == (1, num_classes, 48, 32, 16)
+    ts = models / "model.ts"
+    _export(bundle, export_network_id(scdl), models / "model.pt", ts, small, small["patch_size"])
+    scripted = _workflow(bundle, ["inference"], "inference", **common, output_dir=str(tmp_path / "infer_ts"),
+                         network=f"$torch.jit.load('{ts}')", **{"handlers#0#_disabled_": True})  # fmt: skip
+    scripted.initialize()
+    scripted.run()
+    scripted.finalize()
+    out_ts = nib.load(str(tmp_path / "infer_ts" / f"{test_case['case_id']}_seg.nii.gz"))
+    # the TorchScript file alone (for SCDL: with the prior path inside) reproduces the checkpoint's labels
+    assert np.array_equal(np.asanyarray(out_ts.dataobj), np.asanyarray(out.dataobj))
 
 
 def test_verify_metadata_rejects_a_broken_metadata(tmp_path):
