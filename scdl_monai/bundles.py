@@ -780,6 +780,22 @@ python -m monai.bundle run --config_file configs/train.json --dataset_dir /path/
     {length}{swap} --n_filters 8
 ```
 
+Precision and memory format are chosen in one place, the top-level keys `precision` and
+`channels_last` (`scdl_monai.precision.PrecisionPolicy`), used by the trainer, by validation and
+evaluation and by `configs/inference.json` (sliding-window inference through
+`scdl_monai.precision.PolicyInferer`; overlapping windows are stitched in fp32): `fp32`, `bf16`
+autocast (CPUs with AVX512-BF16/AMX, Ampere or newer GPUs) or `fp16` autocast with loss scaling
+(CUDA), and `--channels_last true` for channels-last 3-D networks and inputs. Losses, class-weight
+trackers, SCDL statistics and metrics stay in fp32. A mode the device cannot run falls back to
+fp32 with the reason in the log. The default follows `amp` (true when CUDA is available): fp16 on
+CUDA, fp32 on CPU; `--amp false` forces fp32 unless `--precision` is given. The fast path on a
+bf16-capable CPU:
+
+```bash
+python -m monai.bundle run --config_file configs/train.json --dataset_dir /path/to/{dataset} --precision bf16 --channels_last true
+python -m monai.bundle run --config_file configs/inference.json --input_files "['/path/to/ct.nii.gz']" --precision bf16 --channels_last true
+```
+
 Resume from the newest full-state checkpoint in `models/` (method with its buffers, every optimizer
 and LR scheduler, AMP scaler, trainer epoch/iteration and unlabeled-stream position):
 

@@ -239,3 +239,24 @@ def test_protocol_overlays_follow_protocol_transforms(protocol, tmp_path):
     meta = tmp_path / "metadata.json"
     meta.write_text(json.dumps(build_metadata("cps", "synapse", protocol=protocol)))
     verify_metadata(meta_file=str(meta), filepath=str(schema_path()))
+
+
+@pytest.mark.parametrize("kind", ["train", "inference"])
+def test_precision_default_follows_amp(kind):
+    """One top-level ``precision`` key (default from ``amp``) feeds the trainer and the sliding-window inferer."""
+    device_key = "device" if kind == "train" else "sw_device"
+    for amp, device, expected in ((False, "cpu", "fp32"), (True, "cpu", "bf16"), (True, "cuda:0", "fp16"), (False, "cuda", "fp32")):
+        parser = ConfigParser(compose_config(kind, "dhc", "synapse"))
+        parser.update({"amp": amp, device_key: device})
+        assert parser.get_parsed_content("precision") == expected
+    parser = ConfigParser(compose_config(kind, "dhc", "synapse"))
+    parser.update({"precision": "bf16", "channels_last": True})
+    policy = parser.get_parsed_content("precision_policy")
+    assert (policy.precision, policy.channels_last) == ("bf16", True)
+    config = parser.config
+    inferer = config["validate"]["inferer"] if kind == "train" else config["inferer"]
+    assert inferer["_target_"] == "scdl_monai.precision.PolicyInferer" and inferer["precision"] == "@precision_policy"
+    if kind == "train":
+        assert config["train"]["trainer"]["precision"] == "@precision_policy" and "amp" not in config["train"]["trainer"]
+    evaluator = config["validate"]["evaluator"] if kind == "train" else config["evaluator"]
+    assert evaluator["amp"] is False  # autocast is the inferer's job (one place)

@@ -22,6 +22,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metad
 
 from scdl_monai.bundles import METHOD_PROTOCOLS, SHIPPED, bundle_name, export_network_id, schema_path
 from scdl_monai.data.phantom import generate_phantom
+from scdl_monai.precision import PolicyInferer, cpu_bf16_support
 
 from ..conftest import REPO_ROOT
 from .conftest import tiny
@@ -69,8 +70,9 @@ def _workflow(bundle, configs, workflow_type, **overrides):
 
 def _export(bundle, net_id, ckpt, out, small, shape):
     meta, config = str(bundle / "configs" / "metadata.json"), str(bundle / "configs" / "inference.json")
+    # check_trace=False: torch.jit.trace's own re-run and comparison; the callers compare with the eager network
     ckpt_export(net_id=net_id, filepath=str(out), ckpt_file=str(ckpt), meta_file=meta, config_file=config,
-                use_trace=True, input_shape=[1, 1, *shape], **small)  # fmt: skip
+                use_trace=True, input_shape=[1, 1, *shape], converter_kwargs={"check_trace": False}, **small)  # fmt: skip
     return torch.jit.load(str(out))
 
 
@@ -188,3 +190,42 @@ def test_verify_metadata_rejects_a_broken_metadata(tmp_path):
     bad.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="outputs"):
         verify_metadata(meta_file=str(bad), filepath=str(schema_path()))
+
+
+def test_precision_keys_switch_training_and_inference_to_the_fast_path(phantom, tmp_path):
+    """``--precision bf16 --channels_last true`` reaches the trainer, the validation inferer and inference.json."""
+    bundle = tmp_path / "cps_synapse"
+    shutil.copytree(REPO_ROOT / "bundles" / bundle.name, bundle)
+    fast = {"precision": "bf16", "channels_last": True, "device": "cpu"}
+    expected = "bf16" if cpu_bf16_support()[0] else "fp32"  # logged fallback where the CPU has no bf16
+    train = _workflow(bundle, ["train"], "train", **tiny("cps"), **fast, datalist=str(phantom),
+                      **{"train#trainer#max_epochs": 1, "train#trainer#epoch_length": 1})  # fmt: skip
+    train.initialize()
+    trainer = train.parser.get_parsed_content("train#trainer")
+    assert (trainer.precision.requested, trainer.precision.precision, trainer.precision.channels_last) == ("bf16", expected, True)
+    validate = train.parser.get_parsed_content("validate#inferer")
+    assert isinstance(validate, PolicyInferer) and validate.policy.precision == "bf16" and validate.policy.channels_last
+    seen = []
+    trainer.method.network_a.register_forward_hook(lambda module, args, out: seen.append((module.training, out.dtype)))
+    train.run()
+    train.finalize()
+    assert trainer.state.iteration == 1 and (bundle / "models" / "model.pt").is_file()
+    dtype = torch.bfloat16 if expected == "bf16" else torch.float32
+    assert (True, dtype) in seen and (False, dtype) in seen  # the training step and the validation windows
+    conv = next(p for p in trainer.method.network_a.parameters() if p.ndim == 5 and p.shape[1] > 1 and p.shape[-1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+
+    image = json.loads(phantom.read_text())["test"][0]["image"]
+    cli = {**fast, "channels_last": "true"}  # as `--channels_last true` arrives from the command line (a string)
+    infer = _workflow(bundle, ["inference"], "inference", **_network_overrides("cps", False), **cli, num_workers=0,
+                      progress=False, input_files=[image], output_dir=str(tmp_path / "infer"))  # fmt: skip
+    infer.initialize()
+    policy = infer.parser.get_parsed_content("inferer").policy
+    assert (policy.precision, policy.channels_last) == ("bf16", True)
+    seen.clear()
+    infer.parser.get_parsed_content("network").networks[0].register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    infer.run()
+    infer.finalize()
+    assert seen and set(seen) == {dtype}
+    out = nib.load(str(next((tmp_path / "infer").glob("*_seg.nii.gz"))))
+    assert out.shape == nib.load(image).shape
