@@ -89,6 +89,7 @@ def predict(
     progress: bool = True,
     ckpt: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    expect_ct: bool = True,
 ) -> list[Path]:
     """Segment CT volumes with a bundle and write one label-map NIfTI per input.
 
@@ -102,16 +103,26 @@ def predict(
         progress: show the sliding-window progress bar.
         ckpt: weights to load instead of ``<bundle>/models/model.pt``.
         overrides: more config overrides (id -> value), e.g. ``{"sw_batch_size": 4}``.
+        expect_ct: refuse inputs whose intensities are not CT Hounsfield units (an MR image, a
+            normalised volume); ``False`` skips that check.
 
     Returns:
         the written label maps, one per input, in input order. Each has the input's spatial shape
         and affine (``uint8`` class ids).
 
+    Before anything is computed or written, :func:`scdl_monai.preflight.check_inference` checks
+    every input (readable, 3-D, finite, CT intensities, one DICOM series per folder), the weights
+    against the bundle's network (keys and shapes), ``patch_size`` against the network and the
+    output folders, and reports all problems at once.
+
     Raises:
         FileNotFoundError: missing input, bundle config or weights.
-        ValueError: a file name as ``output`` for several inputs.
+        ValueError: a file name as ``output`` for several inputs;
+            :class:`~scdl_monai.preflight.PreflightError` for the problems above.
     """
     from monai.bundle import ConfigWorkflow
+
+    from scdl_monai.preflight import check_inference
 
     inputs = [Path(p) for p in ([input] if isinstance(input, (str, os.PathLike)) else list(input))]
     if not inputs:
@@ -121,8 +132,7 @@ def predict(
     out = Path(output)
     targets = [_output_file(out, p, len(inputs) > 1) for p in inputs]
     written: list[Path] = []
-    for source, reader, target in zip(inputs, readers, targets):
-        target.parent.mkdir(parents=True, exist_ok=True)
+    for index, (source, reader, target) in enumerate(zip(inputs, readers, targets)):
         params: dict[str, Any] = {
             "bundle_root": str(root.resolve()),
             "ckpt_path": str(weights.resolve()),
@@ -138,16 +148,22 @@ def predict(
         if sw_output_device is not None:
             params["sw_output_device"] = str(sw_output_device)
         params.update(dict(overrides or {}))
+        meta = root / "configs" / "metadata.json"
+        workflow = ConfigWorkflow(
+            config_file=str(config),
+            meta_file=str(meta) if meta.is_file() else None,
+            logging_file=False,
+            workflow_type="inference",
+            **params,
+        )
+        if index == 0:  # the network is the same for every input: check everything once
+            check_inference(
+                inputs, workflow.parser.get_parsed_content("network"), weights, targets,
+                patch_size=workflow.parser.get_parsed_content("patch_size"), ct=expect_ct,
+            )  # fmt: skip
+        target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".predict.", dir=target.parent) as tmp:
-            params["output_dir"] = tmp
-            meta = root / "configs" / "metadata.json"
-            workflow = ConfigWorkflow(
-                config_file=str(config),
-                meta_file=str(meta) if meta.is_file() else None,
-                logging_file=False,
-                workflow_type="inference",
-                **params,
-            )
+            workflow.parser["output_dir"] = tmp
             workflow.initialize()
             workflow.run()
             workflow.finalize()
@@ -183,6 +199,7 @@ def _cli(
     sw_output_device: str | None = None,
     progress: bool = True,
     ckpt: str | None = None,
+    expect_ct: bool = True,
 ) -> None:
     """Segment a CT (NIfTI file or DICOM folder) with a bundle; writes a label-map NIfTI.
 
@@ -195,14 +212,28 @@ def _cli(
         sw_output_device: device holding the stitched volume (cpu saves GPU memory).
         progress: sliding-window progress bar.
         ckpt: weights instead of BUNDLE/models/model.pt.
+        expect_ct: refuse inputs that are not CT in Hounsfield units (false: skip this check).
     """
     items: Any = input
     if isinstance(input, (list, tuple)):
         items = [str(i) for i in input]
     elif isinstance(input, str) and input.startswith("[") and input.endswith("]"):
         items = [s.strip().strip("'\"") for s in input[1:-1].split(",") if s.strip()]
-    for path in predict(items, bundle, output, device, sw_device, sw_output_device, progress, ckpt):
+    flags = {"progress": _flag(progress, "progress"), "expect_ct": _flag(expect_ct, "expect_ct")}
+    for path in predict(items, bundle, output, device, sw_device, sw_output_device, ckpt=ckpt, **flags):
         print(f"wrote {path}")
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A boolean command-line flag: fire passes ``false``/``no``/``0`` through as strings."""
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "yes", "1", "on"):
+            return True
+        if lowered in ("false", "no", "0", "off"):
+            return False
+        raise ValueError(f"--{name} must be true or false, got {value!r}.")
+    return bool(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         fire.Fire(_cli, command=argv, name="scdl_monai.inference")
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

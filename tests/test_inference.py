@@ -35,7 +35,7 @@ def _ct(shape, seed=0):
     return vol.astype(np.int16)
 
 
-def write_dicom_series(volume_zyx, spacing_xyz, origin, out_dir):
+def write_dicom_series(volume_zyx, spacing_xyz, origin, out_dir, series_uid="1.2.826.0.1.3680043.2.1125.2", prefix="slice"):
     """One DICOM file per slice (ITK/GDCM), positions origin + i * dz along z."""
     os.makedirs(out_dir, exist_ok=True)
     for i in range(volume_zyx.shape[0]):
@@ -48,13 +48,13 @@ def write_dicom_series(volume_zyx, spacing_xyz, origin, out_dir):
         for tag, value in {
             "0008|0060": "CT",
             "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
-            "0020|000e": "1.2.826.0.1.3680043.2.1125.2",
-            "0008|0018": f"1.2.826.0.1.3680043.2.1125.3.{i + 1}",
+            "0020|000e": series_uid,
+            "0008|0018": f"{series_uid}.3.{i + 1}",
             "0020|0013": str(i + 1),
         }.items():
             meta[tag] = value
         io.SetMetaDataDictionary(meta)
-        writer = itk.ImageFileWriter[type(sl)].New(Input=sl, ImageIO=io, FileName=os.path.join(out_dir, f"slice{i:03d}.dcm"))
+        writer = itk.ImageFileWriter[type(sl)].New(Input=sl, ImageIO=io, FileName=os.path.join(out_dir, f"{prefix}{i:03d}.dcm"))
         writer.UseInputMetaDataDictionaryOff()
         writer.Update()
 

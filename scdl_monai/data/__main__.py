@@ -58,6 +58,7 @@ def verify(
     affine_atol: float = 1e-3,
     num_workers: int = 1,
     progress: bool = False,
+    ct: bool = False,
 ) -> None:
     """Check every image/label of a datalist JSON; list all problems and exit 1 when any.
 
@@ -69,6 +70,7 @@ def verify(
         affine_atol: tolerance in mm when comparing image and label affines.
         num_workers: files read in parallel.
         progress: show a progress bar.
+        ct: also check that the images look like CT in Hounsfield units (not MR, not normalised).
     """
     n = verify_datalist(
         datalist,
@@ -78,6 +80,7 @@ def verify(
         affine_atol=affine_atol,
         num_workers=num_workers,
         progress=progress,
+        ct=ct,
     )
     print(f"{datalist}: {n} entries checked, no problem found")
 

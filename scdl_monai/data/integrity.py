@@ -9,6 +9,10 @@ report naming each file and key). Checks per entry:
 * image and label are 3-D single-channel volumes (a trailing axis of size 1, as NIfTI writes
   ``(X, Y, Z, 1)``, is accepted; 2-D or 4-D data are reported);
 * the image has no NaN / Inf voxel;
+* with ``ct=True``, the image intensities look like CT in Hounsfield units (some negative value —
+  air is −1000 HU, fat about −100 HU — and a range of at least :data:`CT_MIN_RANGE` HU): an MR
+  image, a CT stored without its rescale intercept (0…4095) or an already-normalised image would
+  otherwise be windowed to a near-constant input without any error;
 * the label is integer-valued with ids in ``[0, C)``;
 * label and image share shape and affine (absolute tolerance in mm).
 * an image listed twice (e.g. in ``training`` and ``test``) is reported as a leak.
@@ -33,12 +37,15 @@ import numpy as np
 
 from scdl_monai.data.datasets import get_dataset
 
-__all__ = ["Problem", "DatasetIntegrityError", "read_volume", "check_datalist", "verify_datalist"]
+__all__ = ["Problem", "DatasetIntegrityError", "load_nifti", "read_volume", "check_volume", "ct_range_problem", "check_datalist", "verify_datalist"]
 
 #: Datalist keys whose entries must carry a label (the keys written by ``datalists.build_datalist``).
 LABELED_KEYS: tuple[str, ...] = ("training", "validation")
 #: Keys whose images must not also appear in a training key (train/test leak).
 _TRAIN_KEYS = ("training", "unlabeled")
+#: Smallest intensity range (max - min, HU) accepted as CT by the ``ct=True`` check: any CT with
+#: air or fat and soft tissue spans several hundred HU (air -1000, fat -100, liver 60, bone > 300).
+CT_MIN_RANGE = 200.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,30 @@ class DatasetIntegrityError(ValueError):
         super().__init__(f"dataset integrity check found {len(self.problems)} problem(s):\n{lines}")
 
 
+def load_nifti(path: str | Path):
+    """Load a NIfTI file with nibabel; a ``.nii.gz`` is decompressed in full first.
+
+    nibabel stops reading a gzip stream once it has the voxels it needs, so a file cut short
+    after the data (its end-of-stream marker and checksum lost) or damaged inside the last block
+    can load without an error; decompressing the whole stream checks the gzip CRC and length.
+
+    Raises:
+        any reader error (``EOFError``/``BadGzipFile`` for a truncated or damaged ``.gz``, ...).
+    """
+    import gzip
+
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.name.endswith(".gz"):
+        return nib.load(str(path))
+    raw = gzip.decompress(path.read_bytes())
+    try:
+        return nib.Nifti1Image.from_bytes(raw)
+    except Exception:  # NIfTI-2 has another header
+        return nib.Nifti2Image.from_bytes(raw)
+
+
 def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read an image fully and return ``(array, affine)``.
 
@@ -83,9 +114,7 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """
     path = Path(path)
     if path.is_file() and path.name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        img = nib.load(str(path))
+        img = load_nifti(path)
         slope, inter = img.header.get_slope_inter()
         unscaled = getattr(img.dataobj, "get_unscaled", None)
         if unscaled is not None and slope in (None, 1.0) and inter in (None, 0.0):
@@ -133,12 +162,43 @@ def _read_checked(path: Path, key: str, problems: list[Problem]) -> tuple[np.nda
     return array.reshape(shape), affine
 
 
-def _check_image_values(array: np.ndarray, path: Path, key: str, problems: list[Problem]) -> None:
+def _check_image_values(array: np.ndarray, path: Path, key: str, problems: list[Problem], ct: bool = False) -> None:
     if np.issubdtype(array.dtype, np.floating):
         n_nan = int(np.isnan(array).sum())
         n_inf = int(np.isinf(array).sum())
         if n_nan or n_inf:
             problems.append(Problem(str(path), key, f"image has {n_nan} NaN and {n_inf} Inf voxel(s)"))
+            return
+    if ct and array.size:
+        message = ct_range_problem(float(array.min()), float(array.max()))
+        if message:
+            problems.append(Problem(str(path), key, message))
+
+
+def check_volume(path: str | Path, key: str = "image", ct: bool = False) -> list[Problem]:
+    """Problems of one image file or DICOM folder: missing, empty, unreadable, not 3-D, NaN/Inf voxels
+    and (``ct``) intensities that are not CT Hounsfield units."""
+    path = Path(path)
+    problems: list[Problem] = []
+    read = _read_checked(path, key, problems)
+    if read is not None:
+        _check_image_values(read[0], path, key, problems, ct=ct)
+    return problems
+
+
+def ct_range_problem(low: float, high: float) -> str | None:
+    """Why intensities in ``[low, high]`` do not look like CT in Hounsfield units (None if they do)."""
+    if low >= 0:
+        return (
+            f"intensities [{low:g}, {high:g}] have no negative value, so they are not CT in Hounsfield units "
+            "(air is -1000 HU): an MR image, or a CT stored without its rescale intercept?"
+        )
+    if high - low < CT_MIN_RANGE:
+        return (
+            f"intensities [{low:g}, {high:g}] span less than {CT_MIN_RANGE:g}: not CT in Hounsfield units "
+            "(already normalised?)"
+        )
+    return None
 
 
 def _check_label_values(array: np.ndarray, num_classes: int, path: Path, key: str, problems: list[Problem]) -> None:
@@ -168,7 +228,7 @@ def _check_label_values(array: np.ndarray, num_classes: int, path: Path, key: st
 
 
 def _check_entry(
-    section: str, index: int, entry: Any, base_dir: Path, num_classes: int, affine_atol: float
+    section: str, index: int, entry: Any, base_dir: Path, num_classes: int, affine_atol: float, ct: bool = False
 ) -> list[Problem]:
     """All problems of one datalist entry."""
     where = f"{section}[{index}]"
@@ -198,7 +258,7 @@ def _check_entry(
             continue
         array, affine = read
         if field == "image":
-            _check_image_values(array, path, f"{where}.image", problems)
+            _check_image_values(array, path, f"{where}.image", problems, ct=ct)
         else:
             _check_label_values(array, num_classes, path, f"{where}.label", problems)
         loaded[field] = (path, array.shape, affine)
@@ -274,6 +334,7 @@ def check_datalist(
     affine_atol: float = 1e-3,
     num_workers: int = 1,
     progress: bool = False,
+    ct: bool = False,
 ) -> list[Problem]:
     """Check every image/label of a datalist and return all problems found (empty when clean).
 
@@ -289,6 +350,7 @@ def check_datalist(
         affine_atol: absolute tolerance (mm) when comparing image and label affines.
         num_workers: files read in parallel threads (decompression releases the GIL).
         progress: show a progress bar on stderr.
+        ct: also check that images look like CT in Hounsfield units (:func:`ct_range_problem`).
 
     Returns:
         the list of :class:`Problem`, in datalist order.
@@ -297,7 +359,7 @@ def check_datalist(
         ValueError / TypeError / FileNotFoundError: for an unusable datalist or class count
         (problems with the data files themselves are returned, never raised).
     """
-    return _run_checks(datalist, num_classes, dataset, base_dir, keys, affine_atol, num_workers, progress)[0]
+    return _run_checks(datalist, num_classes, dataset, base_dir, keys, affine_atol, num_workers, progress, ct)[0]
 
 
 def _run_checks(
@@ -309,6 +371,7 @@ def _run_checks(
     affine_atol: float,
     num_workers: int,
     progress: bool,
+    ct: bool = False,
 ) -> tuple[list[Problem], int]:
     """``(problems, number of entries checked)``; see :func:`check_datalist`."""
     sections, base, meta = _as_sections(datalist, base_dir)
@@ -324,7 +387,7 @@ def _run_checks(
     jobs = [(section, i, entry) for section, entries in sections.items() for i, entry in enumerate(entries)]
 
     def run(job: tuple[str, int, Any]) -> list[Problem]:
-        return _check_entry(*job, base_dir=base, num_classes=n_classes, affine_atol=affine_atol)
+        return _check_entry(*job, base_dir=base, num_classes=n_classes, affine_atol=affine_atol, ct=ct)
 
     with ThreadPoolExecutor(max_workers=max(1, int(num_workers))) as pool:
         results: Iterable[list[Problem]] = pool.map(run, jobs)
@@ -338,8 +401,10 @@ def _run_checks(
 
 
 def _duplicates(jobs: list[tuple[str, int, Any]], base: Path) -> list[Problem]:
-    """An image listed twice; flagged as a leak when one listing is a training key."""
+    """An image, or a ``case_id``, listed twice; flagged as a leak when one listing is a training
+    key and the other is not (a case id shared by two different files is the same patient)."""
     first: dict[str, str] = {}
+    first_case: dict[str, tuple[str, str]] = {}
     problems = []
     for section, i, entry in jobs:
         image = entry.get("image") if isinstance(entry, Mapping) else entry
@@ -348,12 +413,26 @@ def _duplicates(jobs: list[tuple[str, int, Any]], base: Path) -> list[Problem]:
         path = os.path.normpath(image if os.path.isabs(image) else base / image)
         key = f"{section}[{i}].image"
         if path in first:
-            leak = (first[path].split("[")[0] in _TRAIN_KEYS) != (section in _TRAIN_KEYS)
-            what = "train/evaluation leak" if leak else "duplicate entry"
-            problems.append(Problem(path, key, f"image also listed as {first[path]} ({what})"))
+            problems.append(Problem(path, key, f"image also listed as {first[path]} ({_what(first[path], section)})"))
+            continue
+        first[path] = key
+        case = entry.get("case_id") if isinstance(entry, Mapping) else None
+        if case is None:
+            continue
+        if str(case) in first_case:
+            other_key, other_path = first_case[str(case)]
+            problems.append(
+                Problem(path, f"{section}[{i}].case_id",
+                        f"case id {str(case)!r} also listed as {other_key} ({other_path}) ({_what(other_key, section)})")
+            )  # fmt: skip
         else:
-            first[path] = key
+            first_case[str(case)] = (f"{section}[{i}]", path)
     return problems
+
+
+def _what(first_key: str, section: str) -> str:
+    leak = (first_key.split("[")[0] in _TRAIN_KEYS) != (section in _TRAIN_KEYS)
+    return "train/evaluation leak" if leak else "duplicate entry"
 
 
 def verify_datalist(
@@ -365,6 +444,7 @@ def verify_datalist(
     affine_atol: float = 1e-3,
     num_workers: int = 1,
     progress: bool = False,
+    ct: bool = False,
 ) -> int:
     """Like :func:`check_datalist` (same arguments) but raise when anything is wrong.
 
@@ -375,7 +455,7 @@ def verify_datalist(
         DatasetIntegrityError: listing every problem at once.
     """
     problems, n_entries = _run_checks(
-        datalist, num_classes, dataset, base_dir, keys, affine_atol, num_workers, progress
+        datalist, num_classes, dataset, base_dir, keys, affine_atol, num_workers, progress, ct
     )
     if problems:
         raise DatasetIntegrityError(problems)

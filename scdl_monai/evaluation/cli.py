@@ -15,16 +15,25 @@ __all__ = ["evaluate", "table", "parse_list"]
 
 
 def _user_errors_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn ValueError/TypeError/FileNotFoundError into ``SystemExit("error: ...")`` (status 1)."""
+    """Turn ValueError/TypeError/OSError into ``SystemExit("error: ...")`` (status 1)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ValueError, TypeError, FileNotFoundError) as err:
+        except (ValueError, TypeError, OSError) as err:
             raise SystemExit(f"error: {err}") from None
 
     return wrapper
+
+
+def _check_out_dir(out_dir: str) -> None:
+    """Refuse an output folder that cannot be written before any metric is computed."""
+    from scdl_monai.preflight import check_writable
+
+    problems = check_writable(out_dir, "out_dir")
+    if problems:
+        raise ValueError(problems[0])
 
 
 def parse_list(value: str | Sequence[str]) -> list[str]:
@@ -75,6 +84,7 @@ def evaluate(
     """
     from scdl_monai.evaluation.metrics import evaluate_folder
 
+    _check_out_dir(out_dir)
     if class_names is not None and isinstance(class_names, str):
         class_names = parse_list(class_names)
     if isinstance(split, (list, tuple)):
@@ -117,6 +127,7 @@ def table(runs: str | Sequence[str], out_dir: str, ddof: int = 0, plot: bool = T
         write_text,
     )
 
+    _check_out_dir(out_dir)
     paths = parse_list(runs)
     if not paths:
         raise ValueError(f"runs must list at least one CSV, got runs={runs!r}.")

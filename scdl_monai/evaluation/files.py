@@ -150,9 +150,11 @@ def load_label_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, ...], 
     Raises:
         ValueError: naming the file when it cannot be read, is not 2D/3D, or holds non-integer values.
     """
+    from scdl_monai.data.integrity import load_nifti
+
     path = Path(path)
     try:
-        img = nib.load(str(path))
+        img = load_nifti(path)  # a truncated .nii.gz can otherwise load with missing voxels
         data = np.asanyarray(img.dataobj)
     except Exception as err:  # nibabel raises several types for corrupt files
         raise ValueError(f"cannot read NIfTI {path}: {err}") from None

@@ -95,6 +95,9 @@ class SemiSupervisedMethod(nn.Module):
 
     #: attribute names of the trainable networks, in a fixed order (used by networks()/wrap_ddp()).
     network_names: tuple[str, ...] = ()
+    #: whether training needs the unlabeled stream (checked before a bundle starts, see
+    #: :func:`scdl_monai.preflight.check_training`); False for the labeled-only baseline.
+    requires_unlabeled: bool = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -27,6 +27,7 @@ class Supervised(SemiSupervisedMethod):
     """
 
     network_names = ("network",)
+    requires_unlabeled = False
 
     def __init__(self, network: nn.Module, loss: nn.Module | None = None) -> None:
         super().__init__()

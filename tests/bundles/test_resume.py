@@ -1,15 +1,20 @@
-"""Full-state checkpoint and resume through the bundle (CheckpointLoader), including after SIGKILL.
+"""Exact resume and determinism for every method, and resume after SIGKILL through the bundle CLI.
 
-* 2 epochs straight == 1 epoch + resume 1 epoch from the epoch-1 checkpoint (weights, both
-  optimizers, both LR schedulers, the CPS weight buffer), and two runs with one seed are identical.
-  The data pipeline is made deterministic for this (volumes of exactly the patch size, no shuffle):
-  the random state of MONAI transforms and samplers is not part of a checkpoint.
-* a training subprocess killed with SIGKILL in the middle of an epoch resumes with
-  ``--resume true`` from its last checkpoint and finishes the planned iterations.
+For each method (supervised, CPS, DHC, GA-CPS, MagicNet, GenericSSL, CPS+SCDL), composed from the
+bundle components and run with MONAI's ``ConfigWorkflow`` on CPU with shuffling and random crops on:
+
+* 2 epochs straight == resume from the straight run's epoch-1 checkpoint + 1 epoch: every tensor and
+  value of the final checkpoint (method incl. buffers, every optimizer and LR scheduler, GradScaler,
+  trainer position, random states) is identical;
+* two runs with one seed are identical.
+
+A killed run resumes from its newest complete checkpoint, so "SIGKILL mid-epoch + ``--resume true``"
+is "resume from the epoch checkpoint" above; the subprocess test kills a real training process
+mid-epoch and checks that the resumed run ends with the uninterrupted run's weights.
 """
 
+import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +28,8 @@ from scdl_monai.data.phantom import generate_phantom
 
 from ..conftest import REPO_ROOT
 
+COMPONENTS = REPO_ROOT / "bundles" / "_components"
+
 TINY = {
     "cache_rate": 0.0,
     "num_workers": 0,
@@ -32,97 +39,115 @@ TINY = {
     "unlabeled_batch_size": 1,
     "val_interval": 1,
     "device": "cpu",
+    "amp": False,
     "checkpoint_n_saved": None,
-    "train#dataloader#shuffle": False,
-    "train#unlabeled_dataloader#shuffle": False,
+}
+#: method -> (component dirs, extra overrides)
+METHODS = {
+    "supervised": (("methods/supervised",), {}),
+    "cps": (("methods/cps",), {}),
+    "dhc": (("methods/dhc",), {"class_weight_log_interval": 1}),
+    "ga_cps": (("methods/ga_cps",), {}),
+    "magicnet": (("methods/magicnet",), {"cube_size": 16, "location_hidden_features": 16, "network_def#norm": "batch"}),
+    "genericssl": (("methods/genericssl",), {"class_weight_log_interval": 1, "val_interval": 100}),  # DDIM validation is slow
+    "cps_scdl": (("methods/cps", "scdl"), {"scdl_block#z_dim": 8, "scdl_block#num_proxy_samples": 3, "scdl_warmup_iters": 2}),
 }
 
 
 @pytest.fixture(scope="module")
 def datalist(tmp_path_factory):
-    # 32^3 at the protocol spacing: Spacingd is the identity and every crop is the whole volume
+    # volumes larger than the patch: random crop positions, shuffled loaders (2 labeled, 2 unlabeled)
     root = tmp_path_factory.mktemp("phantom")
-    return generate_phantom(root, num_cases=6, shape=(32, 32, 32), spacing=(1.5, 1.5, 2.0), seed=3, labeled_fraction=0.5, num_validation=1, num_test=1)
+    return generate_phantom(root, num_cases=6, shape=(40, 36, 34), spacing=(1.5, 1.5, 2.0), seed=3, labeled_fraction=0.5, num_validation=1, num_test=1)
 
 
-def _train(bundle_root, datalist, **overrides):
-    if not bundle_root.exists():
-        shutil.copytree(REPO_ROOT / "bundles" / "cps_synapse", bundle_root)
+def _config_files(method_dirs):
+    """base + dataset + backbone + method overlays (the generator's order)."""
+    files = ["train.json", "datasets/synapse.json", "backbones/vnet.json", *(f"{d}/train.json" for d in method_dirs)]
+    return [str(COMPONENTS / f) for f in files]
+
+
+def _workflow(method, bundle_root, datalist, **overrides):
+    dirs, extra = METHODS[method]
     wf = ConfigWorkflow(
-        config_file=str(bundle_root / "configs" / "train.json"), logging_file=False, workflow_type="train",
-        bundle_root=str(bundle_root), datalist=str(datalist), **TINY, **overrides,
+        config_file=_config_files(dirs), logging_file=str(COMPONENTS / "logging.conf"), workflow_type="train",
+        meta_file=str(REPO_ROOT / "bundles" / "cps_synapse" / "configs" / "metadata.json"),
+        bundle_root=str(bundle_root), datalist=str(datalist),
+        **{**TINY, **extra, "train#trainer#max_epochs": 2, "resume_from": "", **overrides},
     )  # fmt: skip
     wf.initialize()
+    return wf
+
+
+def _train(method, bundle_root, datalist, **overrides):
+    wf = _workflow(method, bundle_root, datalist, **overrides)
     wf.run()
     wf.finalize()
-    return torch.load(bundle_root / "models" / "checkpoint_final.pt", weights_only=True)
+    return bundle_root / "models"
 
 
-def _assert_same_state(a, b):
-    for key in ("method", "optimizer", "optimizer_b", "lr_scheduler", "lr_scheduler_b"):
-        flat_a, flat_b = _flatten(a[key]), _flatten(b[key])
-        assert flat_a.keys() == flat_b.keys(), key
-        for name in flat_a:
-            va, vb = flat_a[name], flat_b[name]
-            if isinstance(va, torch.Tensor):
-                assert torch.equal(va, vb), f"{key}:{name}"
-            else:
-                assert va == vb, f"{key}:{name}"
+def _load(path):
+    return torch.load(path, weights_only=True)
 
 
 def _flatten(obj, prefix=""):
     if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}{k}/"))
-        return out
+        return {k: v for key, item in obj.items() for k, v in _flatten(item, f"{prefix}{key}/").items()}
     if isinstance(obj, (list, tuple)):
-        out = {}
-        for i, v in enumerate(obj):
-            out.update(_flatten(v, f"{prefix}{i}/"))
-        return out
+        return {k: v for i, item in enumerate(obj) for k, v in _flatten(item, f"{prefix}{i}/").items()}
     return {prefix: obj}
 
 
-def test_resume_equals_straight_run_and_seed_reproduces(datalist, tmp_path):
-    straight = _train(tmp_path / "a", datalist, **{"train#trainer#max_epochs": 2})
-    assert straight["trainer"]["iteration"] == 4  # 2 epochs x 2 unlabeled batches
-    assert float(straight["method"]["unsup_weight"]) > 0
-    resumed = _train(
-        tmp_path / "b", datalist,
-        **{"train#trainer#max_epochs": 2, "resume_from": str(tmp_path / "a" / "models" / "checkpoint_epoch=1.pt")},
-    )  # fmt: skip
-    assert resumed["trainer"]["iteration"] == 4
-    _assert_same_state(straight, resumed)
-    again = _train(tmp_path / "c", datalist, **{"train#trainer#max_epochs": 2})
-    _assert_same_state(straight, again)
-    # and the states are not trivially equal: one epoch less gives different weights
-    one = torch.load(tmp_path / "a" / "models" / "checkpoint_epoch=1.pt", weights_only=True)
-    assert not torch.equal(one["method"]["network_a.head.weight"], straight["method"]["network_a.head.weight"])
+def _differences(a, b):
+    flat_a, flat_b = _flatten(a), _flatten(b)
+    if flat_a.keys() != flat_b.keys():
+        return sorted(flat_a.keys() ^ flat_b.keys())[:5]
+    bad = []
+    for name, va in flat_a.items():
+        vb = flat_b[name]
+        same = torch.equal(va, vb) if isinstance(va, torch.Tensor) else va == vb
+        if not same:
+            bad.append(name)
+    return bad
 
 
-def test_sigkill_mid_epoch_then_resume(datalist, tmp_path):
-    bundle = tmp_path / "cps_synapse"
-    shutil.copytree(REPO_ROOT / "bundles" / "cps_synapse", bundle)
+@pytest.mark.parametrize("method", list(METHODS))
+def test_resume_equals_straight_run_and_seed_reproduces(method, datalist, tmp_path):
+    straight = _train(method, tmp_path / "straight", datalist)
+    final = _load(straight / "checkpoint_final.pt")
+    assert final["trainer"]["iteration"] == 4 and "rng" in final  # 2 epochs x 2 unlabeled (or labeled) batches
+    resumed = _train(method, tmp_path / "resumed", datalist, resume_from=str(straight / "checkpoint_epoch=1.pt"))
+    assert _differences(final, _load(resumed / "checkpoint_final.pt")) == []
+    again = _train(method, tmp_path / "again", datalist)
+    assert _differences(final, _load(again / "checkpoint_final.pt")) == []
+    # the comparisons can fail: one more epoch changes the weights
+    assert _differences(_load(straight / "checkpoint_epoch=1.pt")["method"], final["method"])
+
+
+def test_sigkill_mid_epoch_then_resume_reproduces_the_uninterrupted_run(datalist, tmp_path):
+    settings = {**TINY, "train#trainer#max_epochs": 2, "train#trainer#epoch_length": 6, "val_interval": 100}
+    straight = _load(_train("cps", tmp_path / "straight", datalist, **settings) / "checkpoint_final.pt")
+
+    bundle = tmp_path / "killed"
     args = [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "train.json"),
-        "--bundle_root", str(bundle), "--datalist", str(datalist), "--train#trainer#max_epochs", "3",
-        "--train#trainer#epoch_length", "12", "--val_interval", "100",
-        *[x for k, v in TINY.items() if k not in ("device", "checkpoint_n_saved", "val_interval") for x in (f"--{k}", str(v))],
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(_config_files(METHODS["cps"][0])),
+        "--meta_file", str(REPO_ROOT / "bundles" / "cps_synapse" / "configs" / "metadata.json"),
+        "--logging_file", str(COMPONENTS / "logging.conf"), "--bundle_root", str(bundle), "--datalist", str(datalist),
+        *[x for k, v in settings.items() if k not in ("checkpoint_n_saved", "amp") for x in (f"--{k}", str(v))],
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = []
     try:
         deadline = time.time() + 240
-        for line in proc.stdout:  # the saver logs after the file is closed: no half-written checkpoint
+        for line in proc.stdout:  # the saver logs after the file is closed
             log.append(line)
             if "Saved checkpoint at epoch: 1" in line:
                 break
             assert time.time() < deadline, "".join(log[-30:])
         for line in proc.stdout:  # now in epoch 2: kill at its third iteration
             log.append(line)
-            if "Epoch: 2/3, Iter: 3/12" in line:
+            if "Epoch: 2/2, Iter: 3/6" in line:
                 os.kill(proc.pid, signal.SIGKILL)
                 break
         proc.wait(timeout=60)
@@ -138,6 +163,7 @@ def test_sigkill_mid_epoch_then_resume(datalist, tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout + out.stderr
     assert "Restored all variables from " + str(models / "checkpoint_epoch=1.pt") in text
-    assert "Epoch: 2/3, Iter: 1/12" in text and "Epoch: 1/3" not in text  # continues with epoch 2
-    final = torch.load(models / "checkpoint_final.pt", weights_only=True)
-    assert final["trainer"]["iteration"] == 36
+    assert "Epoch: 2/2, Iter: 1/6" in text and "Epoch: 1/2" not in text  # continues with epoch 2
+    resumed = _load(models / "checkpoint_final.pt")
+    assert resumed["trainer"]["iteration"] == 12
+    assert _differences(straight["method"], resumed["method"]) == []

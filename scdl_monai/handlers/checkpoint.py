@@ -1,0 +1,143 @@
+"""Checkpoints that are never half-written: MONAI's ``CheckpointSaver`` with atomic file writes.
+
+MONAI 1.6's :class:`monai.handlers.CheckpointSaver` writes through ignite's ``DiskSaver`` with
+``atomic=False``: ``torch.save`` streams straight into ``checkpoint_epoch=N.pt``, so a run killed
+(SIGKILL, out-of-memory, a full disk) while saving leaves a truncated file under a checkpoint's
+name, and for fixed names (``model.pt``, ``checkpoint_final.pt``) the previous file is deleted
+*before* the new one is written. :class:`AtomicCheckpointSaver` keeps every behaviour and argument
+of MONAI's saver and replaces only the disk writer:
+
+* the state is written to a hidden temporary file in the same folder
+  (``.<name>.partial-<random>``, which no ``*.pt`` pattern matches), flushed and ``fsync``-ed,
+  then renamed onto the final name with :func:`os.replace` (atomic on POSIX and Windows when both
+  lie on one file system), and the folder entry is ``fsync``-ed;
+* ignite deletes the oldest checkpoint (``n_saved``) or the fixed-name file *before* writing
+  the new one; here the deletion waits until the new file is complete (a fixed-name file is simply
+  replaced), so a kill at any moment leaves the previous complete checkpoint on disk;
+* temporary files left by a killed run are removed when the next saver is attached.
+
+It also does not write the "final" checkpoint when training stops on a non-finite loss
+(:class:`~scdl_monai.handlers.nonfinite.NonFiniteLossError`): that state is the one that failed,
+and ``--resume true`` must pick the last good checkpoint instead.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+from ignite.engine import Engine
+from ignite.handlers import DiskSaver
+from monai.handlers import CheckpointSaver
+
+from scdl_monai.handlers.nonfinite import NonFiniteLossError
+
+__all__ = ["PARTIAL_MARK", "AtomicDiskSaver", "AtomicCheckpointSaver"]
+
+#: Part of every temporary file name (``.<final name>.partial-<random>``).
+PARTIAL_MARK = ".partial-"
+
+
+class AtomicDiskSaver(DiskSaver):
+    """ignite ``DiskSaver`` writing through a temporary file, ``fsync`` and :func:`os.replace`.
+
+    Args:
+        dirname: folder of the checkpoints (created).
+        filename: a fixed file name used for every save (MONAI's ``key_metric_filename`` /
+            ``final_filename``); ``None`` keeps ignite's generated names.
+        kwargs: ``torch.save`` keyword arguments.
+    """
+
+    def __init__(self, dirname: str | Path, filename: str | None = None, **kwargs: Any) -> None:
+        super().__init__(dirname=dirname, atomic=True, create_dir=True, require_empty=False, **kwargs)
+        self.filename = filename
+        self._pending_removal: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        super().__call__(checkpoint, self.filename or filename, metadata)
+        while self._pending_removal:  # the new checkpoint is complete: now drop the old one
+            old = self.dirname / self._pending_removal.pop(0)
+            if idist.get_rank() == self.save_on_rank:
+                old.unlink(missing_ok=True)
+
+    def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{PARTIAL_MARK}", dir=self.dirname)
+        try:
+            with os.fdopen(fd, "wb") as stream:
+                func(checkpoint, stream, **self.kwargs)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are shared like any output
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        _fsync_dir(self.dirname)
+
+    def remove(self, filename: str) -> None:
+        """Schedule an old checkpoint for deletion after the next complete save (ignite calls this
+        just before saving); a fixed-name file is never deleted, the next save replaces it."""
+        if self.filename is None:
+            self._pending_removal.append(filename)
+
+    def remove_partials(self) -> list[Path]:
+        """Delete temporary files left in ``dirname`` by a killed save; returns them."""
+        found = [p for p in self.dirname.glob(f".*{PARTIAL_MARK}*") if p.is_file()]
+        for path in found:
+            path.unlink(missing_ok=True)
+        return found
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """:class:`monai.handlers.CheckpointSaver` whose files are written atomically.
+
+    Same arguments and behaviour as MONAI's saver (see the module docstring for what changes); use
+    it wherever a bundle used ``CheckpointSaver``::
+
+        "checkpoint_saver": {"_target_": "scdl_monai.handlers.checkpoint.AtomicCheckpointSaver",
+                             "save_dir": "@ckpt_dir", "save_dict": "@checkpoint_state", ...}
+
+    Checkpoint files are plain ``torch.save`` zip archives; load them with
+    ``torch.load(path, weights_only=True)`` (MONAI's ``CheckpointLoader`` does).
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, *args: Any, **kwargs: Any) -> None:
+        super().__init__(save_dir, save_dict, *args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler = AtomicDiskSaver(save_dir, getattr(checkpoint.save_handler, "filename", None))
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to ``engine`` and remove temporary files of a previously killed save."""
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                for path in checkpoint.save_handler.remove_partials():
+                    self.logger.warning(f"removed incomplete checkpoint file of an interrupted save: {path}")
+                break  # one folder
+        super().attach(engine)
+
+    def exception_raised(self, engine: Engine, e: Exception) -> None:
+        """MONAI saves a "final" checkpoint on any exception; not for a non-finite loss."""
+        if isinstance(e, NonFiniteLossError):
+            self.logger.error("not saving a final checkpoint: training stopped on a non-finite loss")
+            raise e
+        super().exception_raised(engine, e)
