@@ -231,7 +231,15 @@ def check_checkpoint(path: str | os.PathLike, modules: Mapping[str, nn.Module], 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: the reader's reason is the finding
-        return [f"{key}={str(path)!r} cannot be read as a PyTorch checkpoint ({type(err).__name__}: {err})"]
+        code = [line.strip() for line in str(err).splitlines() if "Unsupported global:" in line]
+        if code:
+            reason = code[0].replace("WeightsUnpickler error:", "").split(". Please use")[0].strip()
+            return [f"{key}={str(path)!r} holds Python objects besides tensors ({reason}): refused, since "
+                    "unpickling them could run code"]  # fmt: skip
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if first.startswith("Weights only load failed"):
+            first = "not a complete torch.save file"
+        return [f"{key}={str(path)!r} cannot be read as a PyTorch checkpoint ({type(err).__name__}: {first})"]
     if not isinstance(ckpt, Mapping):
         return [f"{key}={str(path)!r} holds a {type(ckpt).__name__}, not a state dict"]
     problems = []
