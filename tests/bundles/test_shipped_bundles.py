@@ -114,9 +114,12 @@ def test_shipped_bundle_verifies_and_exports(method, dataset, scdl, phantom, tmp
     net = _network(bundle, export_id, small)
     torch.save(net.state_dict(), tmp_path / "model.pt")
     scripted = _export(bundle, export_id, tmp_path / "model.pt", tmp_path / "model.ts", small, (32, 32, 32))
-    x = torch.rand(1, 1, 32, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(scripted(x), net(x), atol=1e-5)
+        # same values as the eager network, also at a shape other than the traced one (no baked-in sizes)
+        for shape in ((32, 32, 32), (48, 32, 16)):
+            x = torch.rand(1, 1, *shape)
+            y = scripted(x)
+            assert y.shape == (1, num_classes, *shape) and torch.allclose(y, net(x), atol=1e-5), shape
 
 
 @pytest.mark.parametrize("method,dataset,scdl", SMOKE, ids=[_id(c) for c in SMOKE])
