@@ -336,7 +336,7 @@ def check_patch_vs_volumes(
     patch_size: Sequence[int],
     pixdim: Sequence[float] | None,
     keys: Sequence[str] = ("training", "unlabeled"),
-    max_pad_ratio: float = 2.0,
+    max_pad_ratio: float = 3.0,
 ) -> list[str]:
     """Training crops of ``patch_size`` from volumes resampled to ``pixdim``: a patch more than
     ``max_pad_ratio`` times a volume along an axis is mostly padding (an error); a patch larger
@@ -413,7 +413,7 @@ def check_training(
     resume_from: str | None = None,
     verify_data: bool = True,
     ct: bool = True,
-    max_pad_ratio: float = 2.0,
+    max_pad_ratio: float = 3.0,
     num_workers: int = 1,
     on_error: str = "raise",
 ) -> None:

@@ -87,8 +87,8 @@ def test_inconsistent_classes_shapes_and_outputs(phantom, tmp_path):
     assert "networks 'network_a', 'network_b' (VNet) have 3 output channels but num_classes=14 (network_def#out_channels)" in message
     message = refused(tmp_path / "b", phantom, patch_size=[40, 40, 40])
     assert "patch_size=[40, 40, 40] must be divisible by [16, 16, 16] for networks 'network_a', 'network_b' (VNet)" in message
-    message = refused(tmp_path / "b", phantom, patch_size=[96, 96, 96])
-    assert "patch_size=[96, 96, 96] is larger than training[0]" in message and "by 3.0x, more than max_pad_ratio=2" in message
+    message = refused(tmp_path / "b", phantom, patch_size=[128, 128, 128])
+    assert "patch_size=[128, 128, 128] is larger than training[0]" in message and "by 4.0x, more than max_pad_ratio=3" in message
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     message = refused(blocker / "bundle", phantom)
