@@ -966,9 +966,11 @@ def compare_bundle_dirs(expected: str | Path, actual: str | Path) -> list[str]:
 def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint") -> str:
     """Newest complete full-state checkpoint ``<ckpt_dir>/<prefix>*.pt`` (by modification time).
 
-    Used by ``--resume true``. MONAI's ``CheckpointSaver`` does not write atomically, so a run
-    killed while saving can leave a truncated file: files that are not complete zip archives (the
-    ``torch.save`` format) are skipped with a warning.
+    Used by ``--resume true``. The bundles save through
+    :class:`~scdl_monai.handlers.checkpoint.AtomicCheckpointSaver` (temporary file + rename), so a
+    run killed while saving leaves no truncated ``*.pt``; checkpoints written by other tools (e.g.
+    MONAI's plain ``CheckpointSaver``, which is not atomic) may be truncated: files that are not
+    complete zip archives (the ``torch.save`` format) are skipped with a warning.
 
     Raises:
         FileNotFoundError: when there is none (naming the folder).

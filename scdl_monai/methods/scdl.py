@@ -257,6 +257,7 @@ class SCDLMethod(SemiSupervisedMethod):
 
         self.base = base_method
         self.network_names = tuple(base_method.network_names)
+        self.requires_unlabeled = bool(getattr(base_method, "requires_unlabeled", True))
         self.num_classes = num_classes
         self.enabled = enabled
         self.proxy_weight = _nonneg("proxy_weight", proxy_weight)
