@@ -963,7 +963,7 @@ def compare_bundle_dirs(expected: str | Path, actual: str | Path) -> list[str]:
     return problems
 
 
-def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint") -> str:
+def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint", missing: str = "raise") -> str:
     """Newest complete full-state checkpoint ``<ckpt_dir>/<prefix>*.pt`` (by modification time).
 
     Used by ``--resume true``. The bundles save through
@@ -972,10 +972,23 @@ def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint") -> str:
     MONAI's plain ``CheckpointSaver``, which is not atomic) may be truncated: files that are not
     complete zip archives (the ``torch.save`` format) are skipped with a warning.
 
+    Args:
+        ckpt_dir: the checkpoint folder.
+        prefix: file-name prefix of the full-state checkpoints.
+        missing: when there is none: ``"raise"`` (default) a ``FileNotFoundError``, or
+            ``"pattern"`` return the glob pattern ``<ckpt_dir>/<prefix>*.pt`` itself — what the
+            bundles use, so that the start-up check (:func:`scdl_monai.preflight.check_training`,
+            key ``resume_from``) reports "file not found" in its one message instead of a traceback
+            from inside the config expression.
+
     Raises:
-        FileNotFoundError: when there is none (naming the folder).
+        FileNotFoundError: when there is none and ``missing="raise"`` (naming the folder).
+        ValueError: unknown ``missing``.
     """
     import warnings
+
+    if missing not in ("raise", "pattern"):
+        raise ValueError(f"latest_checkpoint: missing must be 'raise' or 'pattern', got {missing!r}.")
     import zipfile
 
     folder = Path(ckpt_dir)
@@ -984,6 +997,8 @@ def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint") -> str:
         if zipfile.is_zipfile(path):
             return str(path)
         warnings.warn(f"resume: skipping incomplete checkpoint {path}", stacklevel=2)
+    if missing == "pattern":
+        return str(folder.resolve() / f"{prefix}*.pt")
     raise FileNotFoundError(f"resume: no checkpoint '{prefix}*.pt' in {folder.resolve()} (train first, or pass --resume_from PATH).")
 
 

@@ -107,6 +107,11 @@ def test_resume_from_a_checkpoint_of_another_architecture(phantom, tmp_path):
     assert "has no 'method' entry (it holds ['network']): written by another method?" in message
 
 
+def test_resume_true_without_any_checkpoint(phantom, tmp_path):
+    message = refused(tmp_path / "b", phantom, resume=True)
+    assert f"resume_from='{(tmp_path / 'b' / 'models').resolve()}/checkpoint*.pt': file not found" in message
+
+
 def test_unknown_names_with_did_you_mean(phantom, tmp_path, capsys):
     assert bundles_main(["write", "--method", "cpss", "--dataset", "synapse", "--out", str(tmp_path / "w")]) == 1
     assert "got 'cpss'. did you mean 'cps'?" in capsys.readouterr().err
