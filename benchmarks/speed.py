@@ -18,6 +18,10 @@ exactly as in ``benchmarks/quality.py``: same patch size, ``n_filters``, batch a
   config enables) through its ``validate#inferer`` (sliding window with the training patch,
   overlap 0.5) on one whole phantom volume (:func:`scdl_monai.data.phantom.phantom_case`), voxels/s
   (median of repeats after a one-window warm-up);
+* **fast path** (``--fast-path``): each configuration without SCDL also as ``<config>@fast`` with
+  the bundle keys ``precision`` bf16 and ``channels_last`` true (issue 10), right after its fp32
+  run; the table gives the ratios (training time, inference throughput, peak memory) and the
+  precision the policy actually used (fp32 where the CPU lacks bf16: the fallback is logged);
 * **SCDL overhead**: each ``<method>+scdl[<sac mode>]`` relative to ``<method>`` (time, CPU time,
   step working set, inference throughput), SAC modes ``feature_pool`` and ``masked_image``.
 
@@ -33,6 +37,7 @@ Examples::
     python benchmarks/speed.py                   # all configurations, ~8 min on 2 cores
     python benchmarks/speed.py --quick --out /tmp/speed
     python benchmarks/speed.py --configs cps cps+scdl[masked_image] --iters 10
+    python benchmarks/speed.py --fast-path       # + each method in bf16 + channels_last (issue 10)
 """
 
 from __future__ import annotations
@@ -66,9 +71,22 @@ QUICK = {**QUALITY_QUICK, "num_cases": 5, "num_test": 1, "num_validation": 1, "l
          "warmup": 1, "iters": 1, "volume": (48, 48, 48), "infer_reps": 1, "timeout_s": 300}  # fmt: skip
 
 
+#: Suffix of a configuration run with the fast path (GitHub issue 10): ``precision`` bf16 and
+#: ``channels_last`` true, the two bundle keys of ``scdl_monai.precision.PrecisionPolicy``.
+FAST = "@fast"
+
+
+def split_fast(name: str) -> tuple[str, bool]:
+    """``"cps@fast"`` -> ``("cps", True)``; ``"cps"`` -> ``("cps", False)``."""
+    return (name[: -len(FAST)], True) if name.endswith(FAST) else (name, False)
+
+
 def parse_config(name: str) -> tuple[str, str | None]:
-    """``"cps+scdl[masked_image]"`` -> ``("cps", "masked_image")``; ``"cps"`` -> ``("cps", None)``."""
-    base, _, suffix = name.partition("+")
+    """``"cps+scdl[masked_image]"`` -> ``("cps", "masked_image")``; ``"cps"`` -> ``("cps", None)``.
+
+    A trailing ``@fast`` (fast-path run) is ignored here (see :func:`split_fast`).
+    """
+    base, _, suffix = split_fast(name)[0].partition("+")
     if not suffix:
         return base, None
     mode = suffix[len("scdl[") : -1] if suffix.startswith("scdl[") and suffix.endswith("]") else None
@@ -101,6 +119,8 @@ def measure(spec: dict) -> dict:
                               str(Path(spec["data_dir"]) / "datalist.json"), str(root), config)  # fmt: skip
     if sac_mode is not None:
         overrides.update(scdl_sac_mode=sac_mode, scdl_warmup_iters=1)  # SCDL terms fully on from the start
+    if split_fast(spec["config"])[1]:
+        overrides.update(precision="bf16", channels_last=True)  # the bundle keys of the fast path
     wf = ConfigWorkflow(config_file=str(root / "train.json"), workflow_type="train",
                         meta_file=spec["meta_file"], **overrides)  # fmt: skip
     wf.initialize()
@@ -186,6 +206,7 @@ def measure(spec: dict) -> dict:
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "step_working_set_mib": round(peak_rss_mib() - rss_before_train, 1),
         "threads": torch.get_num_threads(),
+        "precision": trainer.precision.describe() if hasattr(trainer, "precision") else None,
     }
     wf.finalize()
     return result
@@ -198,7 +219,7 @@ def overheads(rows: dict) -> list[dict]:
     for name, row in rows.items():
         base, mode = parse_config(name)
         ref = rows.get(base)
-        if mode is None or row["status"] != "ok" or not ref or ref["status"] != "ok":
+        if split_fast(name)[1] or mode is None or row["status"] != "ok" or not ref or ref["status"] != "ok":
             continue
         out.append({
             "config": name, "baseline": base, "sac_mode": mode,
@@ -211,9 +232,30 @@ def overheads(rows: dict) -> list[dict]:
     return out
 
 
+def fast_paths(rows: dict) -> list[dict]:
+    """Fast path (bf16 + channels_last) relative to the same configuration in fp32 (ratios of medians)."""
+    out = []
+    for name, row in rows.items():
+        plain, fast = split_fast(name)
+        ref = rows.get(plain)
+        if not fast or row["status"] != "ok" or not ref or ref["status"] != "ok":
+            continue
+        out.append({
+            "config": plain, "fp32_s": ref["median_s"], "fast_s": row["median_s"],
+            "time_x": round(row["median_s"] / ref["median_s"], 3),
+            "cpu_time_x": round(row["median_cpu_s"] / ref["median_cpu_s"], 3),
+            "fp32_voxels_per_s": ref["voxels_per_s"], "fast_voxels_per_s": row["voxels_per_s"],
+            "inference_speedup": round(row["voxels_per_s"] / ref["voxels_per_s"], 3),
+            "peak_rss_x": round(row["peak_rss_mib"] / ref["peak_rss_mib"], 3),
+            "effective_precision": (row.get("precision") or {}).get("precision"),
+        })  # fmt: skip
+    return out
+
+
 def label(name: str) -> str:
-    base, mode = parse_config(name)
-    return config_label(base) + (f" + SCDL ({mode})" if mode else "")
+    plain, fast = split_fast(name)
+    base, mode = parse_config(plain)
+    return config_label(base) + (f" + SCDL ({mode})" if mode else "") + (" [bf16 + channels_last]" if fast else "")
 
 
 def markdown(res: dict) -> str:
@@ -256,6 +298,18 @@ def markdown(res: dict) -> str:
             f"| {label(o['config'])} | {o['time_x']:.2f} | {o['cpu_time_x']:.2f} | {o['step_memory_x']:.2f} | "
             f"{o['peak_rss_x']:.2f} | {o['inference_time_x']:.2f} |"
         )
+    if res.get("fast_paths"):
+        lines += ["", "Fast path (GitHub issue 10: `--precision bf16 --channels_last true`) vs the same configuration "
+                  "in fp32, same run:", "",
+                  "| configuration | fp32 s/it | fast s/it | time x | CPU time x | fp32 inference voxels/s "
+                  "| fast inference voxels/s | inference speed-up | peak RSS x | effective precision |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+        for f in res["fast_paths"]:
+            lines.append(
+                f"| {label(f['config'])} | {f['fp32_s']:.3f} | {f['fast_s']:.3f} | {f['time_x']:.2f} | "
+                f"{f['cpu_time_x']:.2f} | {f['fp32_voxels_per_s']:,} | {f['fast_voxels_per_s']:,} | "
+                f"{f['inference_speedup']:.2f}x | {f['peak_rss_x']:.2f} | {f['effective_precision']} |"
+            )
     high = [f"{label(n)} {100 * r['data_share']:.1f}%" for n, r in res["rows"].items()
             if r["status"] == "ok" and r["data_share"] >= 0.05]  # fmt: skip
     lines += [
@@ -276,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None, help="warm-up training iterations")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per configuration")
     parser.add_argument("--out", default=str(RESULTS), help="output folder (speed.{md,json})")
+    parser.add_argument("--fast-path", action="store_true",
+                        help="also run every configuration without SCDL as <config>@fast (bf16 + channels_last, issue 10)")  # fmt: skip
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
@@ -288,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"--{key} must be >= {1 if key == 'iters' else 0}, got {value}")
             size[key] = value
     configs = list(args.configs or (QUICK_CONFIGS if args.quick else DEFAULT_CONFIGS))
+    if args.fast_path:  # each fast-path run right after its fp32 run (side by side)
+        configs = [c for name in configs for c in ([name, name + FAST] if parse_config(name)[1] is None
+                                                   and not split_fast(name)[1] else [name])]  # fmt: skip
     for c in configs:
         try:
             parse_config(c)
@@ -312,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {
         "benchmark": "speed", "quick": args.quick, "started": started, "wall_s": round(time.perf_counter() - t0, 1),
         "load_average_before": load_before, "load_average_after": loadavg(), "machine": machine_info(),
-        "threads": args.threads, "size": size, "rows": rows, "overheads": overheads(rows),
+        "threads": args.threads, "size": size, "rows": rows, "overheads": overheads(rows), "fast_paths": fast_paths(rows),
     }  # fmt: skip
     md = markdown(res)
     out = Path(args.out)
