@@ -220,7 +220,9 @@ def _child(spec: dict) -> dict:
     """Run one (configuration, seed) in a subprocess; a crash or time-out becomes an error row."""
     result = Path(spec["run_dir"]) / "result.json"
     if spec.get("reuse") and result.is_file():
-        return json.loads(result.read_text())
+        return {**json.loads(result.read_text()), "reused": True}
+    if spec.get("reuse_only"):
+        return {"config": spec["config"], "seed": spec["seed"], "status": "error", "error": "not run (stopped early)"}
     t0 = time.perf_counter()
     row = run_child(__file__, spec, ("config", "seed"), spec["size"]["timeout_s"], spec["threads"])
     row["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -282,6 +284,7 @@ def aggregate(rows: list[dict], configs: list[str]) -> list[dict]:
 
 
 def _cell(mean: float, std: float, digits: int = 2) -> str:
+    """``mean ± std``; just the mean when the std is NaN (``std`` NaN is passed for a single seed)."""
     if math.isnan(mean):
         return "n/a"
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if not math.isnan(std) else f"{mean:.{digits}f}"
@@ -327,9 +330,13 @@ def markdown(res: dict) -> str:
         rows = entry["combined"]
         avg = next(r for r in rows if str(r["class_index"]) == "avg")
         per_class = [r for r in rows if str(r["class_index"]) != "avg"]
+        nan = math.nan
+        one = len(entry["seeds_ok"]) == 1  # no spread over a single seed
         lines.append(
-            f"| {label} | {_cell(avg['dice_mean'], avg['dice_std'])} | {_cell(avg['asd_mean'], avg['asd_std'])} | "
-            + " | ".join(_cell(r["dice_mean"], r["dice_std"], 1) for r in per_class)
+            f"| {label}{' (1 seed)' if one and len(res['seeds']) > 1 else ''} | "
+            f"{_cell(avg['dice_mean'], nan if one else avg['dice_std'])} | "
+            f"{_cell(avg['asd_mean'], nan if one else avg['asd_std'])} | "
+            + " | ".join(_cell(r["dice_mean"], nan if one else r["dice_std"], 1) for r in per_class)
             + " |"
         )
     lines += ["", "| Method | seeds ok | s/iteration (median over seeds) | training s per seed | errors |",
@@ -340,7 +347,9 @@ def markdown(res: dict) -> str:
         lines.append(f"| {entry['label']} | {entry['seeds_ok']} | {spi} | {entry.get('train_s', '-')} | {errs} |")
     lines += [
         "",
-        f"Started {res['started']}, wall time {res['wall_s'] / 60:.1f} min; load average before "
+        f"Started {res['started']}, wall time {res['wall_s'] / 60:.1f} min"
+        + (f" (this invocation tabulated {res['reused']} runs finished by an earlier one)" if res.get("reused") else "")
+        + f"; sum of per-run wall times {sum(r.get('wall_s', 0) for r in res['runs']) / 60:.1f} min; load average before "
         f"{res['load_average_before']}, after {res['load_average_after']}; {res['machine']['cpu']}, "
         f"torch {res['machine']['torch']}, MONAI {res['machine']['monai']}.",
         "",
@@ -423,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--work-dir", default=None, help="keep phantom and runs here (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs found in --work-dir")
+    parser.add_argument("--reuse-only", action="store_true",
+                        help="with --work-dir: only tabulate finished runs; missing ones become 'not run' rows")  # fmt: skip
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -443,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--configs: {err}")
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be >= 1")
+    if args.reuse_only and args.work_dir is None:
+        parser.error("--reuse-only needs --work-dir (where the finished runs are)")
 
     out_dir = Path(args.out)
     started, t0, load_before = time.strftime("%Y-%m-%d %H:%M:%S"), time.perf_counter(), loadavg()
@@ -455,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     specs = [
         {"config": c, "seed": seed, "size": size, "threads": args.threads, "data_dir": str(data_dir),
          "meta_file": str(data_dir / "metadata.json"), "run_dir": str(work / "runs" / f"{c}_seed{seed}"),
-         "reuse": args.reuse}  # fmt: skip
+         "reuse": args.reuse or args.reuse_only, "reuse_only": args.reuse_only}  # fmt: skip
         for seed in seeds
         for c in configs
     ]
@@ -471,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "quality", "quick": args.quick, "started": started, "wall_s": round(time.perf_counter() - t0, 1),
         "load_average_before": load_before, "load_average_after": loadavg(), "machine": machine_info(),
         "size": size, "seeds": seeds, "jobs": args.jobs, "threads": args.threads, "data": data,
-        "table": aggregate(rows, configs), "runs": rows,
+        "table": aggregate(rows, configs), "runs": rows, "reused": sum(bool(r.get("reused")) for r in rows),
     }  # fmt: skip
     from scdl_monai.evaluation.tables import write_csv
 

@@ -30,9 +30,11 @@ def test_quality_quick_table_has_a_row_per_method_and_a_column_per_organ(tmp_pat
     header = next(line for line in md.splitlines() if line.startswith("| Method | Avg Dice"))
     assert [c.strip() for c in header.strip("|").split("|")] == ["Method", "Avg Dice", "Avg ASD (mm)", *ORGANS]
     rows = [line for line in md.splitlines() if line.startswith("| ") and "Avg Dice" not in line]
+    width = 3 + len(ORGANS)  # the main table's rows (the second table has 5 columns)
     for label in ("Supervised (20% labeled only)", "CPS + SCDL"):
-        (row,) = [r for r in rows if r.startswith(f"| {label} |") and "±" in r]
-        assert len(row.strip("|").split("|")) == 3 + len(ORGANS)
+        (row,) = [r for r in rows if r.startswith(f"| {label} |") and len(r.strip("|").split("|")) == width]
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert all(0.0 <= float(c) <= 100.0 for c in [cells[1]] + cells[3:])  # Dice in %
     assert any(r.startswith("| no_such_method | FAILED") for r in rows)
 
     with open(tmp_path / "quality.csv", newline="") as f:
