@@ -213,14 +213,26 @@ def measure(spec: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------ report
-def overheads(rows: dict) -> list[dict]:
-    """SCDL variants relative to their baseline (ratios of medians)."""
+def _pairs(rows: dict, reference_of) -> list[tuple[str, dict, dict]]:
+    """``(name, row, reference row)`` for every successful row whose reference (``reference_of(name)``,
+    ``None`` for rows without one) also succeeded."""
     out = []
     for name, row in rows.items():
+        ref = rows.get(reference_of(name) or "")
+        if row["status"] == "ok" and ref and ref["status"] == "ok":
+            out.append((name, row, ref))
+    return out
+
+
+def overheads(rows: dict) -> list[dict]:
+    """SCDL variants relative to their baseline (ratios of medians)."""
+    def baseline(name: str) -> str | None:
         base, mode = parse_config(name)
-        ref = rows.get(base)
-        if split_fast(name)[1] or mode is None or row["status"] != "ok" or not ref or ref["status"] != "ok":
-            continue
+        return None if split_fast(name)[1] or mode is None else base
+
+    out = []
+    for name, row, ref in _pairs(rows, baseline):
+        base, mode = parse_config(name)
         out.append({
             "config": name, "baseline": base, "sac_mode": mode,
             "time_x": round(row["median_s"] / ref["median_s"], 3),
@@ -235,11 +247,8 @@ def overheads(rows: dict) -> list[dict]:
 def fast_paths(rows: dict) -> list[dict]:
     """Fast path (bf16 + channels_last) relative to the same configuration in fp32 (ratios of medians)."""
     out = []
-    for name, row in rows.items():
-        plain, fast = split_fast(name)
-        ref = rows.get(plain)
-        if not fast or row["status"] != "ok" or not ref or ref["status"] != "ok":
-            continue
+    for name, row, ref in _pairs(rows, lambda n: split_fast(n)[0] if split_fast(n)[1] else None):
+        plain = split_fast(name)[0]
         out.append({
             "config": plain, "fp32_s": ref["median_s"], "fast_s": row["median_s"],
             "time_x": round(row["median_s"] / ref["median_s"], 3),
