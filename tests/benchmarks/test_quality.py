@@ -1,9 +1,9 @@
-"""CI smoke test of ``benchmarks/quality.py --quick`` (issue 8).
+"""CI smoke test of ``benchmarks/quality.py --quick`` (the full budget never runs in CI).
 
-Runs the command on a subset of configurations (the full ``--quick`` list takes ~2 min here):
-the labeled-only baseline, CPS + SCDL (the SCDL overlay path) and an unknown method whose failure
-must appear as a table row with its error instead of disappearing. ~30 s on 2 shared cores: it
-trains through the real bundle configs in subprocesses, which is what the benchmark measures.
+One quick run trains the labeled-only baseline, CPS and CPS + SCDL through the real bundle
+configs in subprocesses, plus an unknown method whose failure must appear as a table row with its
+error instead of disappearing. Then the same results are reused from ``<out>/runs`` (stored
+fingerprint matches: nothing retrained), and the same command runs on a hand-written datalist.
 """
 
 import csv
@@ -16,37 +16,95 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 ORGANS = ["spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
           "inferior vena cava", "portal & splenic veins", "pancreas", "right adrenal gland", "left adrenal gland"]  # fmt: skip
+SCRIPT = str(ROOT / "benchmarks" / "quality.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def test_quality_quick_table_has_a_row_per_method_and_a_column_per_organ(tmp_path):
-    configs = ["supervised", "cps+scdl", "no_such_method"]
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--quick", "--seeds", "0",
-           "--out", str(tmp_path), "--configs", *configs]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+def _run(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, SCRIPT, "--quick", *args], capture_output=True, text=True, timeout=900, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
-    md = (tmp_path / "quality.md").read_text()
-    header = next(line for line in md.splitlines() if line.startswith("| Method | Avg Dice"))
-    assert [c.strip() for c in header.strip("|").split("|")] == ["Method", "Avg Dice", "Avg ASD (mm)", *ORGANS]
-    rows = [line for line in md.splitlines() if line.startswith("| ") and "Avg Dice" not in line]
-    width = 3 + len(ORGANS)  # the main table's rows (the second table has 5 columns)
-    for label in ("Supervised (20% labeled only)", "CPS + SCDL"):
-        (row,) = [r for r in rows if r.startswith(f"| {label} |") and len(r.strip("|").split("|")) == width]
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        assert all(0.0 <= float(c) <= 100.0 for c in [cells[1]] + cells[3:])  # Dice in %
-    assert any(r.startswith("| no_such_method | FAILED") for r in rows)
 
-    with open(tmp_path / "quality.csv", newline="") as f:
+def _tables(md: str) -> dict[str, list[list[str]]]:
+    """Markdown section title -> rows (cells) of its table."""
+    out, title = {}, None
+    for line in md.splitlines():
+        if line.startswith("### "):
+            title = line[4:].strip()
+            out[title] = []
+        elif line.startswith("| ") and title is not None and not line.startswith("|---"):
+            out[title].append([c.strip() for c in line.strip().strip("|").split("|")])
+    return out
+
+
+def test_quality_quick_reports_paired_tail_and_both_models_and_reuses_stored_runs(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    configs = ["supervised", "cps", "cps+scdl", "no_such_method"]
+    _run("--seeds", "0", "--out", str(out), "--work-dir", str(work), "--configs", *configs)
+
+    md = (out / "quality.md").read_text()
+    assert "CPU-hours" in md
+    tables = _tables(md)
+    for model in ("Best-validation model", "Last-iteration model"):
+        header, *rows = tables[model]
+        assert header == ["Method", "Avg Dice", "Tail Dice", "Avg ASD (mm)", *ORGANS]
+        by_label = {r[0]: r for r in rows}
+        for label in ("Supervised (labeled only)", "CPS", "CPS + SCDL"):
+            cells = by_label[label]
+            dice = [float(c) for c in [cells[1], cells[2]] + cells[4:]]
+            assert all(0.0 <= d <= 100.0 for d in dice)
+        assert by_label["no_such_method"][1] == "FAILED"
+    paired = next(v for k, v in tables.items() if k.startswith("Paired") and "best-validation" in k)
+    assert paired[0][:3] == ["Method", "seeds", "Δ Avg Dice"]
+    assert [r[0] for r in paired[1:]] == ["CPS + SCDL − CPS"]
+
+    with open(out / "quality.csv", newline="") as f:
         table = list(csv.DictReader(f))
-    assert [r["config"] for r in table] == configs
+    assert [(r["model"], r["config"]) for r in table] == [(m, c) for m in ("best", "last") for c in configs]
     for organ in ORGANS:
         assert f"{organ} dice_mean" in table[0]
-    ok = {r["config"]: r for r in table}
-    assert 0.0 <= float(ok["supervised"]["avg_dice_mean"]) <= 100.0
-    assert float(ok["cps+scdl"]["liver dice_mean"]) >= 0.0
-    assert "method must be one of" in ok["no_such_method"]["error"]
-    assert (tmp_path / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    runs = json.loads((tmp_path / "quality.json").read_text())["runs"]
-    assert {(r["config"], r["status"]) for r in runs} == {("supervised", "ok"), ("cps+scdl", "ok"),
-                                                          ("no_such_method", "error")}  # fmt: skip
+    errors = {r["config"]: r["error"] for r in table}
+    assert "method must be one of" in errors["no_such_method"]
+    for name in ("quality.png", "quality_curves.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = json.loads((out / "quality.json").read_text())
+    assert {(r["config"], r["status"]) for r in res["runs"]} == {
+        ("supervised", "ok"), ("cps", "ok"), ("cps+scdl", "ok"), ("no_such_method", "error")}  # fmt: skip
+    ok = [r for r in res["runs"] if r["status"] == "ok"]
+    assert all(r["curve"] and r["curve"][-1][0] == r["iterations"] for r in ok)  # a validation point per run end
+    stored = sorted(p.name for p in (out / "runs").iterdir())
+    assert stored == ["cps+scdl_seed0.json", "cps_seed0.json", "supervised_seed0.json"]  # no file for the failure
+
+    # --reuse: the stored results match these settings, nothing is trained again
+    proc = _run("--seeds", "0", "--out", str(out), "--work-dir", str(work), "--configs", "supervised", "cps", "--reuse")
+    assert proc.stdout.count("[stored]") == 2, proc.stdout[-2000:]
+
+    # the same command on a hand-written datalist (a second phantom seed, relative paths)
+    from scdl_monai.data.phantom import generate_phantom
+
+    datalist = generate_phantom(tmp_path / "other", num_cases=6, shape=(48, 48, 48), seed=7, num_validation=1,
+                                num_test=1, relative=True)  # fmt: skip
+    hand = json.loads(datalist.read_text())
+    hand = {k: hand[k] for k in ("training", "unlabeled", "validation", "test")}
+    for entry in hand["unlabeled"]:  # labels of the unlabeled cases: what the upper bound trains on
+        entry["label"] = entry["image"].replace("images/", "labels/")
+    (tmp_path / "other" / "mine.json").write_text(json.dumps(hand))
+    out2 = tmp_path / "out2"
+    _run("--seeds", "0", "--out", str(out2), "--datalist", str(tmp_path / "other" / "mine.json"),
+         "--configs", "supervised", "fully_supervised")  # fmt: skip
+    res2 = json.loads((out2 / "quality.json").read_text())
+    assert res2["data"]["datalist"].endswith("mine.json")
+    assert {r["config"]: r["status"] for r in res2["runs"]} == {"supervised": "ok", "fully_supervised": "ok"}
+
+
+def test_bad_datalist_is_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"training": []}))
+    proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--datalist", str(bad), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300, env=ENV)  # fmt: skip
+    assert proc.returncode == 1
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert lines == [f"error: {bad.resolve()}: datalist key 'training' is missing or empty "
+                     "(needs training, unlabeled, validation, test)"]  # fmt: skip
+    assert not (tmp_path / "o").exists()
