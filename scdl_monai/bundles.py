@@ -689,7 +689,7 @@ def _readme(
     defaults = {"backbone": DEFAULT_BACKBONE, "protocol": METHOD_PROTOCOLS[method], "scdl": False}
     given = {"backbone": backbone, "protocol": protocol, "scdl": scdl}
     flags = "".join(f" --{k} {str(v).lower()}" for k, v in given.items() if v != defaults[k])
-    length = "--max_iterations 1000" if "max_iterations" in train else "--train#trainer#max_epochs 100"
+    length = "--max_iterations 1000" if "max_iterations" in train else "--max_epochs 100"
     swap = " --network_def#name unet" if method not in _VNET_ONLY and not scdl else ""
     method_text = _component_readmes(method, scdl, root)
     extra_text = ""
@@ -795,7 +795,8 @@ autocast (CPUs with AVX512-BF16/AMX, Ampere or newer GPUs) or `fp16` autocast wi
 (CUDA), and `--channels_last true` for channels-last 3-D networks and inputs. Losses, class-weight
 trackers, SCDL statistics and metrics stay in fp32. A mode the device cannot run falls back to
 fp32 with the reason in the log. The default follows `amp` (true when CUDA is available): fp16 on
-CUDA, fp32 on CPU; `--amp false` forces fp32 unless `--precision` is given. The fast path on a
+CUDA, fp32 on CPU; `--amp false` forces fp32 unless `--precision` is given. The GA-CPS and MagicNet
+bundles set `amp` false: their reference runs are fp32. The fast path on a
 bf16-capable CPU:
 
 ```bash
