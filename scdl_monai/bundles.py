@@ -98,12 +98,14 @@ PROTOCOLS: tuple[str, ...] = ("native", "dhc", "ga")
 #: The protocol of the base configs (no protocol overlay).
 DEFAULT_PROTOCOL = "native"
 #: Default protocol of each method: the preprocessing of its reference (PROTOCOL.md §3): "dhc" for
-#: DHC and GenericSSL (paper-era DHC code), "ga" for GA-CPS and the MagicNet family (96³ patches on
-#: the 160×160×80 grid; MagicNet's own pre-made volumes are not public). The supervised and CPS
-#: bundles are the project's own baselines and demo bundles: "native" (clinical units, mm metrics).
+#: DHC, GenericSSL and CPS (the DHC paper's CPS baseline, ``xmed-lab/DHC:code/train_cps.py``: random
+#: crops of the DHC grid; the native, class-balanced CPS ships in the same bundle as the
+#: ``configs/cps_native.json`` overlay), "ga" for GA-CPS and the MagicNet family (96³ patches on
+#: the 160×160×80 grid; MagicNet's own pre-made volumes are not public). The supervised bundle is
+#: the project's own baseline: "native" (clinical units, mm metrics).
 METHOD_PROTOCOLS: dict[str, str] = {
     "supervised": "native",
-    "cps": "native",
+    "cps": "dhc",
     "dhc": "dhc",
     "ga_cps": "ga",
     "magicnet": "ga",
@@ -509,15 +511,15 @@ def _tensor_format(num_channels: int, fmt: str, channel_def: Mapping[str, str], 
 
 _PROTOCOL_TEXT = {
     "native": "Native preprocessing protocol (RAS, 1.5x1.5x2 mm, HU window [-125, 275] -> [0, 1], class-balanced patches)",
-    "dhc": "DHC preprocessing protocol (HU clip [-75, 275], per-volume min-max, whole volume resized to 160x160x80, random crops)",
-    "ga": "GA preprocessing protocol (HU window [-125, 275] -> [0, 1], whole volume resized to 160x160x80, random crops)",
+    "dhc": "DHC preprocessing protocol (whole volume resized to 160x160x80, HU clip [-75, 275], per-volume min-max, random crops)",
+    "ga": "GA preprocessing protocol (whole volume resized to 160x160x80, HU window [-125, 275] -> [0, 1], random crops)",
 }
 _IMAGE_TEXT = {
     "native": "single channel CT in Hounsfield units, reoriented to RAS, resampled to 1.5x1.5x2 mm, windowed to "
     "[-125, 275] and scaled to [0, 1]",
-    "dhc": "single channel CT in Hounsfield units, clipped to [-75, 275], min-max scaled per volume to [0, 1], "
-    "resized to 160x160x80",
-    "ga": "single channel CT in Hounsfield units, windowed to [-125, 275] and scaled to [0, 1], resized to 160x160x80",
+    "dhc": "single channel CT in Hounsfield units, resized to 160x160x80, clipped to [-75, 275], min-max scaled "
+    "per volume to [0, 1]",
+    "ga": "single channel CT in Hounsfield units, resized to 160x160x80, windowed to [-125, 275] and scaled to [0, 1]",
 }
 
 
@@ -627,19 +629,24 @@ whole resampled volume with a sliding window of the training patch (uniform weig
 """,
     "dhc": """### Preprocessing ("dhc" protocol, visible in `configs/train.json`)
 
-DHC paper-era protocol (PROTOCOL.md §3): `LoadImaged` -> `EnsureChannelFirstd` -> HU clip [-75, 275]
--> per-volume min-max to [0, 1] -> `Resized` the whole volume to 160x160x80 (x, y, z; `resize_grid`;
-trilinear image, nearest label) -> random {patch} crops (`patch_size`). No reorientation, no
-resampling, no flips (the paper-era code's flips had no effect). Inference inverts the resize.
+DHC paper-era protocol: `LoadImaged` -> `EnsureChannelFirstd` -> `Resized` the whole volume to
+160x160x80 in HU (x, y, z; `resize_grid`; trilinear image, nearest label) -> HU clip [-75, 275] ->
+per-volume min-max to [0, 1] (the reference resizes once offline, `xmed-lab/DHC:code/data/preprocess.py`,
+and clips when loading, `code/data/data_loaders.py`) -> random {patch} crops (`patch_size`) with the
+reference's pad/offset rule (`scdl_monai.data.transforms.ReferenceRandomCropd`). No reorientation,
+no resampling, no flips (the paper-era code's flips had no effect). Validation during training
+scores one centre crop per case (`val_crop`); evaluation and inference use the whole grid and
+invert the resize.
 """,
     "ga": """### Preprocessing ("ga" protocol, visible in `configs/train.json`)
 
-GA protocol (PROTOCOL.md §3): `LoadImaged` -> `EnsureChannelFirstd` -> window [-125, 275] -> [0, 1]
--> `Resized` the whole volume to the 160x160x80 grid GA evaluates on (`resize_grid`) -> padded to the patch
--> random {patch} crops (`patch_size`). Approximation: GA trained on MagicNet's non-public pre-made
-volumes. Inference inverts the resize.
-""",
-}
+GA protocol: `LoadImaged` -> `EnsureChannelFirstd` -> `Resized` the whole volume in HU to the
+160x160x80 grid GA evaluates on (`resize_grid`) -> window [-125, 275] -> [0, 1] (the reference
+clips the resized arrays when loading, `cicailalala/GALoss:dataloaders/dataset.py`) -> random {patch}
+crops (`patch_size`) with the reference's pad/offset rule (`scdl_monai.data.transforms.ReferenceRandomCropd`:
+the 80-deep volume is padded to 102 and lands at a random depth in the patch). Approximation: GA
+trained on MagicNet's non-public pre-made volumes. Inference inverts the resize.
+""",}
 
 
 def _component_readmes(method: str, scdl: bool, root: Path) -> str:
@@ -682,7 +689,7 @@ def _readme(
     defaults = {"backbone": DEFAULT_BACKBONE, "protocol": METHOD_PROTOCOLS[method], "scdl": False}
     given = {"backbone": backbone, "protocol": protocol, "scdl": scdl}
     flags = "".join(f" --{k} {str(v).lower()}" for k, v in given.items() if v != defaults[k])
-    length = "--max_iterations 1000" if "max_iterations" in train else "--train#trainer#max_epochs 100"
+    length = "--max_iterations 1000" if "max_iterations" in train else "--max_epochs 100"
     swap = " --network_def#name unet" if method not in _VNET_ONLY and not scdl else ""
     method_text = _component_readmes(method, scdl, root)
     extra_text = ""
@@ -788,7 +795,8 @@ autocast (CPUs with AVX512-BF16/AMX, Ampere or newer GPUs) or `fp16` autocast wi
 (CUDA), and `--channels_last true` for channels-last 3-D networks and inputs. Losses, class-weight
 trackers, SCDL statistics and metrics stay in fp32. A mode the device cannot run falls back to
 fp32 with the reason in the log. The default follows `amp` (true when CUDA is available): fp16 on
-CUDA, fp32 on CPU; `--amp false` forces fp32 unless `--precision` is given. The fast path on a
+CUDA, fp32 on CPU; `--amp false` forces fp32 unless `--precision` is given. The GA-CPS and MagicNet
+bundles set `amp` false: their reference runs are fp32. The fast path on a
 bf16-capable CPU:
 
 ```bash

@@ -1,6 +1,7 @@
 """Demo: semi-supervised CPS on the real CT samples shipped in the repository, end to end.
 
-``python -m scdl_monai.demo`` (README command 1) writes the ``cps_synapse`` bundle, trains it
+``python -m scdl_monai.demo`` (README command 1) writes the CPS bundle with the native protocol
+(``write_bundle("cps", "synapse", protocol="native")``: clinical units), trains it
 through ``monai.bundle`` (``ConfigWorkflow`` on the bundle's own ``configs/train.json``, with
 small overrides so it finishes in a few minutes on 2 CPU cores), segments the evaluation CT with
 the bundle's ``configs/inference.json`` (:func:`scdl_monai.inference.predict`, prediction in the
@@ -217,7 +218,7 @@ def run_demo(
     for sub in ("bundle", "prediction", "metrics", "labels"):
         shutil.rmtree(out / sub, ignore_errors=True)
     datalist = prepare_data(samples, out / "data")
-    bundle = write_bundle("cps", "synapse", out / "bundle")
+    bundle = write_bundle("cps", "synapse", out / "bundle", protocol="native")  # clinical units, mm metrics
     params = {
         **DEMO_OVERRIDES,
         "bundle_root": str(bundle),

@@ -53,6 +53,8 @@ def test_written_bundle_layout(tmp_path):
         "docs/README.md",
         "docs/data_license.txt",
         "models/.gitkeep",
+        "configs/cps_native.json",  # the native, class-balanced CPS variant (an overlay)
+        "configs/cps_native_inference.json",
     }
     assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == expected
     assert "Apache License" in (out / "LICENSE").read_text()
@@ -96,7 +98,7 @@ def test_overlays_stay_overlays():
 
 def test_train_transforms_follow_the_native_protocol():
     """The JSON chain is the same sequence of MONAI transforms as protocol_transforms('native', 'train')."""
-    parser = ConfigParser(compose_config("train", "cps", "synapse"))
+    parser = ConfigParser(compose_config("train", "cps", "synapse", protocol="native"))
     parser.update({"patch_size": [32, 32, 32]})
     chain = parser.get_parsed_content("train#preprocessing").transforms
     reference = protocol_transforms("native", "train", num_classes=14, patch_size=(32, 32, 32)).transforms
@@ -128,7 +130,7 @@ def test_every_method_is_shipped_on_both_datasets_and_scdl_on_the_papers_baselin
 
 def test_names_follow_the_method_default_protocol():
     assert [default_protocol(m) for m in ("supervised", "cps", "dhc", "genericssl", "ga_cps", "magicnet", "ga_magicnet")] == [
-        "native", "native", "dhc", "dhc", "ga", "ga", "ga"]  # fmt: skip
+        "native", "dhc", "dhc", "dhc", "ga", "ga", "ga"]  # fmt: skip
     assert bundle_name("dhc", "synapse") == bundle_name("dhc", "synapse", protocol="dhc") == "dhc_synapse"
     assert bundle_name("dhc", "amos", protocol="native") == "dhc_amos_native"
     assert bundle_name("ga_cps", "amos", scdl=True) == "ga_cps_scdl_amos"
@@ -231,11 +233,14 @@ def test_protocol_overlays_follow_protocol_transforms(protocol, tmp_path):
     ):
         chain = [type(t).__name__ for t in parser.get_parsed_content(section).transforms]
         reference = [type(t).__name__ for t in protocol_transforms(protocol, stage, keys=keys).transforms]
+        if section == "validate#preprocessing" and protocol == "dhc":
+            # model selection on one centre crop per case (DHC reference), not in evaluate.json
+            assert chain.pop() == "CenterSpatialCropd"
         assert chain == reference, section
     infer = ConfigParser(compose_config("inference", "cps", "synapse", protocol=protocol))
     chain = [type(t).__name__ for t in infer.get_parsed_content("preprocessing").transforms]
     assert chain == [type(t).__name__ for t in protocol_transforms(protocol, "infer").transforms]
-    assert bundle_name("cps", "synapse", protocol=protocol) == f"cps_synapse_{protocol}"
+    assert bundle_name("supervised", "synapse", protocol=protocol) == f"supervised_synapse_{protocol}"
     meta = tmp_path / "metadata.json"
     meta.write_text(json.dumps(build_metadata("cps", "synapse", protocol=protocol)))
     verify_metadata(meta_file=str(meta), filepath=str(schema_path()))

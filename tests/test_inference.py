@@ -17,8 +17,9 @@ SMALL = {"n_filters": 4, "patch_size": [32, 32, 32]}
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    """A CPS bundle with random (untrained) weights for a tiny VNet pair in models/model.pt."""
-    root = write_bundle("cps", "synapse", tmp_path_factory.mktemp("bundle") / "cps_synapse")
+    """A native-protocol CPS bundle (RAS reorientation, resampling) with random (untrained) weights
+    for a tiny VNet pair in models/model.pt."""
+    root = write_bundle("cps", "synapse", tmp_path_factory.mktemp("bundle") / "cps_synapse", protocol="native")
     parser = ConfigParser()
     parser.read_config(str(root / "configs" / "inference.json"))
     parser.update(SMALL)

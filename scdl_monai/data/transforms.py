@@ -34,11 +34,14 @@ from monai.transforms import (
     MapLabelValued,
     MapTransform,
     Orientationd,
+    Randomizable,
     RandCropByLabelClassesd,
     RandFlipd,
     RandSpatialCropd,
     RandSpatialCropSamplesd,
     Resized,
+    SpatialCrop,
+    BorderPad,
     ScaleIntensityd,
     ScaleIntensityRanged,
     Spacingd,
@@ -56,6 +59,7 @@ __all__ = [
     "label_map_transform",
     "labelmap_cli",
     "protocol_transforms",
+    "ReferenceRandomCropd",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -294,15 +298,16 @@ def protocol_transforms(
     chains process ``keys[0]`` only and keep the metadata and applied operations so that
     ``Invertd`` maps a prediction back to the original grid.
 
-    * ``"dhc"``: clip HU to [−75, 275], per-volume min–max to [0, 1] (whole volume, before any
-      crop; applied to AMOS MRI too, as in the reference), resize to ``resize`` (default
-      (160, 160, 80) xyz; trilinear image, nearest label), random crop ``patch_size`` (default
-      (128, 128, 64) xyz). No reorientation, no resampling. No flips by default: the paper-era
+    * ``"dhc"``: resize to ``resize`` (default (160, 160, 80) xyz; trilinear image, nearest label),
+      then clip HU to [−75, 275] and min–max to [0, 1] per volume (whole volume, before any crop;
+      applied to AMOS MRI too, as in the reference), random crop ``patch_size`` (default
+      (128, 128, 64) xyz) with :class:`ReferenceRandomCropd`. No reorientation, no resampling. No flips by default: the paper-era
       DHC code applied flips that had no effect, so the published numbers were obtained without
       them (DHC HEAD later fixed flips; pass ``flip_prob`` > 0 and say so in the bundle).
-    * ``"ga"``: window [−125, 275] -> (x+125)/400 clipped to [0, 1], resize to the
-      160×160×80 grid, random crop 96³. The z extent (80) is padded with zeros (the window's
-      minimum) to 96 before cropping. Approximation: GA used MagicNet's non-public pre-made
+    * ``"ga"``: resize to the 160×160×80 grid, then window [−125, 275] -> (x+125)/400 clipped to
+      [0, 1], random crop 96³ with :class:`ReferenceRandomCropd`: the z extent (80) is padded with
+      zeros (the window's minimum) by 11 on each side and the crop offset is random (0–5), so the
+      volume sits at a random depth in the patch, as in the reference. Approximation: GA used MagicNet's non-public pre-made
       volumes; here every dataset (Synapse too) is resampled to the grid GA evaluates on.
     * ``"native"``: ``Orientationd`` RAS (labels explicit), ``Spacingd`` to ``spacing`` (default
       (1.5, 1.5, 2.0) mm; bilinear image, nearest label), window [−125, 275] -> [0, 1],
@@ -315,6 +320,10 @@ def protocol_transforms(
 
     Give ``keys=("image",)`` for an unlabeled stream: the train chain then crops with
     ``RandSpatialCropd`` (no label to balance on).
+
+    Resize before intensity: both references resize the volume in HU once, offline, and clip /
+    normalise the resized array when loading it; clipping first would differ wherever trilinear
+    interpolation mixes voxels on both sides of a window bound.
 
     Randomness: every random transform is a MONAI ``Randomizable``. The returned ``Compose`` is
     seeded with ``seed``; when ``seed`` is None it is drawn from NumPy's global generator, so
@@ -383,21 +392,25 @@ def protocol_transforms(
             ScaleIntensityRanged(image_key, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True),
         ]
     elif protocol == "dhc":
+        # the reference resizes the HU volume once (xmed-lab/DHC:code/data/preprocess.py) and clips
+        # + min-max normalises the resized array when loading it (code/data/data_loaders.py)
         grid = _triple(resize if resize is not None else defaults["resize"], "resize", int)
         chain += [
+            Resized(keys, spatial_size=grid, mode=modes),
             # clip only (identity map on [a_min, a_max]), then per-volume min-max
             ScaleIntensityRanged(image_key, a_min=a_min, a_max=a_max, b_min=a_min, b_max=a_max, clip=True),
             ScaleIntensityd(image_key, minv=0.0, maxv=1.0),
-            Resized(keys, spatial_size=grid, mode=modes),
         ]
-    else:  # ga
+    else:  # ga: resized volumes, windowed when loaded (cicailalala/GALoss:dataloaders/dataset.py AMOS)
         grid = _triple(resize if resize is not None else defaults["resize"], "resize", int)
         chain += [
-            ScaleIntensityRanged(image_key, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True),
             Resized(keys, spatial_size=grid, mode=modes),
+            ScaleIntensityRanged(image_key, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True),
         ]
 
-    if stage == "train":
+    if stage == "train" and protocol != "native" and num_samples == 1:
+        chain.append(ReferenceRandomCropd(keys, roi_size=patch))
+    elif stage == "train":
         chain.append(SpatialPadd(keys, spatial_size=patch))
         if balanced:
             chain.append(
@@ -446,3 +459,75 @@ def _window(window) -> tuple[float, float]:
     if not a_min < a_max:
         raise ValueError(f"window must satisfy a_min < a_max, got {window!r}.")
     return a_min, a_max
+
+
+class ReferenceRandomCropd(Randomizable, MapTransform):
+    """The random crop of the DHC and GA reference loaders, as a seeded MONAI transform.
+
+    ``xmed-lab/DHC:code/data/transforms.py`` ``RandomCrop`` and
+    ``cicailalala/GALoss:dataloaders/dataset.py`` ``RandomCrop`` (same rule):
+
+    1. if any spatial size ``s`` is ``<=`` the crop size ``r`` along its axis, every axis is padded
+       with zeros by ``max((r - s) // 2 + margin, 0)`` on both sides (``margin`` = 3);
+    2. the crop start along each axis is drawn uniformly from ``0 .. s' - r - 1`` of the padded
+       size ``s'`` (NumPy's ``randint(0, s' - r)``, upper bound excluded).
+
+    So a GA volume of depth 80 and a 96³ patch is padded to 102 and sits at a random depth
+    (offset 0–5) in the patch, where a plain ``SpatialPadd`` + ``RandSpatialCropd`` pads to 96 and
+    fixes it; and the last position along an axis is never drawn, as in the reference (MONAI's
+    random crops include it). The draw uses this transform's own ``R`` (seeded by
+    ``Compose.set_random_state`` / ``set_determinism``, re-seeded per worker by MONAI's
+    ``DataLoader`` and saved in checkpoints by
+    :class:`~scdl_monai.engines.random_state.RandomStates`), so seeds and resume stay exact.
+
+    Args:
+        keys: keys of the arrays cropped together (``(C, *spatial)`` each, same spatial shape).
+        roi_size: crop size per spatial axis.
+        margin: extra padding per side when padding applies (3 in both references).
+        allow_missing_keys: skip absent keys.
+
+    Raises:
+        ValueError: ``roi_size`` not positive, ``margin`` negative, or arrays of different shapes.
+    """
+
+    def __init__(self, keys, roi_size: Sequence[int] | int, margin: int = 3, allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        roi = (roi_size,) * 3 if isinstance(roi_size, int) else tuple(roi_size)
+        if not roi or any(isinstance(r, bool) or int(r) != r or r < 1 for r in roi):
+            raise ValueError(f"ReferenceRandomCropd: roi_size must be positive integers, got {roi_size!r}.")
+        if isinstance(margin, bool) or int(margin) != margin or margin < 0:
+            raise ValueError(f"ReferenceRandomCropd: margin must be a non-negative integer, got {margin!r}.")
+        self.roi_size = tuple(int(r) for r in roi)
+        self.margin = int(margin)
+        self._pad: tuple[int, ...] = ()
+        self._start: tuple[int, ...] = ()
+
+    def padding(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
+        """Zeros added on each side of every axis for an input of ``spatial_shape`` (rule 1)."""
+        shape = tuple(int(s) for s in spatial_shape)
+        if len(shape) != len(self.roi_size):
+            raise ValueError(f"ReferenceRandomCropd: roi_size {self.roi_size} does not match spatial shape {shape}.")
+        if not any(s <= r for s, r in zip(shape, self.roi_size)):
+            return (0,) * len(shape)
+        return tuple(max((r - s) // 2 + self.margin, 0) for s, r in zip(shape, self.roi_size))
+
+    def randomize(self, spatial_shape: Sequence[int]) -> None:
+        self._pad = self.padding(spatial_shape)
+        padded = [int(s) + 2 * p for s, p in zip(spatial_shape, self._pad)]
+        self._start = tuple(int(self.R.randint(0, s - r)) if s > r else 0 for s, r in zip(padded, self.roi_size))
+
+    def __call__(self, data):
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        if not keys:
+            return d
+        shape = tuple(d[keys[0]].shape[1:])
+        if any(tuple(d[k].shape[1:]) != shape for k in keys):
+            raise ValueError(f"ReferenceRandomCropd: {keys} must share one spatial shape, got {[tuple(d[k].shape[1:]) for k in keys]}.")
+        self.randomize(shape)
+        pad = BorderPad(spatial_border=[p for p in self._pad for _ in (0, 1)], mode="constant") if any(self._pad) else None
+        crop = SpatialCrop(roi_start=self._start, roi_end=[s + r for s, r in zip(self._start, self.roi_size)])
+        for key in keys:
+            img = d[key] if pad is None else pad(d[key])
+            d[key] = crop(img)
+        return d

@@ -19,6 +19,11 @@ of MONAI's saver and replaces only the disk writer:
 It also does not write the "final" checkpoint when training stops on a non-finite loss
 (:class:`~scdl_monai.handlers.nonfinite.NonFiniteLossError`): that state is the one that failed,
 and ``--resume true`` must pick the last good checkpoint instead.
+
+:class:`FinalModelSaver` completes the model-selection policy of the bundles: the best validation
+model goes to ``models/model.pt`` through the evaluator's key-metric saver, and a run during which
+no validation ran (shorter than ``val_interval``) writes its final weights there instead, so every
+training run leaves a ``model.pt`` for evaluation and inference.
 """
 
 from __future__ import annotations
@@ -30,13 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 
 from scdl_monai.handlers.nonfinite import NonFiniteLossError
 
-__all__ = ["PARTIAL_MARK", "AtomicDiskSaver", "AtomicCheckpointSaver"]
+__all__ = ["PARTIAL_MARK", "AtomicDiskSaver", "AtomicCheckpointSaver", "FinalModelSaver"]
 
 #: Part of every temporary file name (``.<final name>.partial-<random>``).
 PARTIAL_MARK = ".partial-"
@@ -141,3 +146,67 @@ class AtomicCheckpointSaver(CheckpointSaver):
             self.logger.error("not saving a final checkpoint: training stopped on a non-finite loss")
             raise e
         super().exception_raised(engine, e)
+
+
+class FinalModelSaver:
+    """At the end of training, write the network's weights to ``model.pt`` when no validation ran.
+
+    The reference scripts keep the best validation model (e.g. ``xmed-lab/DHC:code/train_dhc.py``
+    saves ``best_model.pth`` when the mean foreground Dice improves); the bundles do the same
+    through the evaluator's ``save_key_metric`` saver. A run that ends before its first validation
+    (``max_epochs < val_interval``) would leave no model at all: this handler then saves the final
+    weights under the same name and in the same format (the bare ``state_dict``, as ignite's
+    ``Checkpoint`` writes a single object), atomically.
+
+    Args:
+        save_dir: folder of ``filename`` (created).
+        network: the module whose ``state_dict`` is saved (the bundles' ``inference_network``).
+        validator: the evaluator run by ``ValidationHandler``; when it has run at least one
+            iteration in this process, the key-metric saver owns ``filename`` and nothing is written.
+            ``None``: always write.
+        filename: file name in ``save_dir``.
+        keep_existing: leave an existing ``filename`` alone (e.g. a resumed run whose earlier part
+            already selected a model).
+
+    Example:
+        In a bundle's ``train.json`` (attached to the trainer in ``run``)::
+
+            "final_model_saver": {"_target_": "scdl_monai.handlers.checkpoint.FinalModelSaver",
+                                  "save_dir": "@ckpt_dir", "network": "@inference_network",
+                                  "validator": "@validate#evaluator"}
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        network: Any,
+        validator: Engine | None = None,
+        filename: str = "model.pt",
+        keep_existing: bool = False,
+    ) -> None:
+        if not hasattr(network, "state_dict"):
+            raise TypeError(f"FinalModelSaver: `network` must have a state_dict(), got {type(network).__name__}.")
+        if not isinstance(filename, str) or not filename or os.sep in filename:
+            raise ValueError(f"FinalModelSaver: `filename` must be a plain file name, got {filename!r}.")
+        self.save_dir = Path(save_dir)
+        self.network = network
+        self.validator = validator
+        self.filename = filename
+        self.keep_existing = bool(keep_existing)
+        self.saved: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Run at ``Events.COMPLETED`` of ``engine`` (also fired after an early stop)."""
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def validation_ran(self) -> bool:
+        """Whether the validator has run in this process."""
+        return self.validator is not None and int(getattr(self.validator.state, "iteration", 0) or 0) > 0
+
+    def __call__(self, engine: Engine) -> None:
+        path = self.save_dir / self.filename
+        if self.validation_ran() or (self.keep_existing and path.is_file()):
+            return
+        AtomicDiskSaver(self.save_dir, filename=self.filename)(self.network.state_dict(), self.filename)
+        self.saved = path
+        engine.logger.info(f"no validation ran: saved the final weights to {path}")

@@ -12,7 +12,13 @@ Names (see :data:`BACKBONES`):
 
 ``n_filters`` is accepted by every name so that swapping the backbone in a bundle changes one key:
 it is VNet's base width, UNet's ``channels = (n, 2n, 4n, 8n, 16n)`` and SegResNet's
-``init_filters``. Every other keyword goes to the network's constructor unchanged.
+``init_filters``. Likewise ``dropout`` (a probability; ``0``/``None`` = none) is VNet's
+``has_dropout``/``dropout_prob`` (``Dropout3d`` on the bottleneck and the last decoder feature, the
+reference ``has_dropout=True`` of ``xmed-lab/DHC:code/train_dhc.py`` ``make_model_all``), UNet's
+``dropout`` and SegResNet's ``dropout_prob``; and ``init`` (``"kaiming"``, ``"xavier"`` or ``None``
+for PyTorch's default) is VNet's own ``init`` and, for the MONAI networks, a re-initialisation with
+:func:`~scdl_monai.networks.vnet.initialize_weights` (``None``, their default, leaves MONAI's).
+Every other keyword goes to the network's constructor unchanged.
 
 A bundle selects a backbone either through this factory (the name can then be overridden from the
 command line, e.g. ``--network_def#name segresnet``)::
@@ -39,7 +45,7 @@ from monai.networks.nets import SegResNet, UNet
 from monai.utils import look_up_option
 from torch import nn
 
-from scdl_monai.networks.vnet import VNet
+from scdl_monai.networks.vnet import VNet, initialize_weights
 
 __all__ = ["BACKBONES", "UNET_DEFAULTS", "build_backbone"]
 
@@ -62,7 +68,26 @@ def _take_n_filters(name: str, kwargs: dict, key: str):
     return n_filters
 
 
+def _take_dropout(name: str, kwargs: dict, key: str | None) -> float | None:
+    """Pop the generic ``dropout`` probability; refuse it together with the native key it maps to."""
+    if "dropout" not in kwargs:
+        return None
+    p = kwargs.pop("dropout")
+    if p is not None and key is not None and key in kwargs:
+        raise ValueError(f"build_backbone({name!r}): give either `dropout` ({p!r}) or `{key}` ({kwargs[key]!r}), not both.")
+    if p is None:
+        return None
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"build_backbone({name!r}): `dropout` must be a probability in [0, 1] or None, got {p!r}.")
+    return float(p)
+
+
 def _build_vnet(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
+    p = _take_dropout("vnet", kwargs, "has_dropout")
+    if p is not None:
+        kwargs["has_dropout"] = p > 0
+        if p > 0:
+            kwargs["dropout_prob"] = p
     return VNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
 
 
@@ -74,6 +99,9 @@ def _build_unet(spatial_dims: int, in_channels: int, out_channels: int, **kwargs
         kwargs["strides"] = (2,) * (len(kwargs["channels"]) - 1)
     for key, value in UNET_DEFAULTS.items():
         kwargs.setdefault(key, value)
+    p = _take_dropout("unet", kwargs, None)  # UNet's own keyword is `dropout` too
+    if p:
+        kwargs["dropout"] = p
     return UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
 
 
@@ -81,6 +109,9 @@ def _build_segresnet(spatial_dims: int, in_channels: int, out_channels: int, **k
     n_filters = _take_n_filters("segresnet", kwargs, "init_filters")
     if n_filters is not None:
         kwargs["init_filters"] = n_filters
+    p = _take_dropout("segresnet", kwargs, "dropout_prob")
+    if p:
+        kwargs["dropout_prob"] = p
     return SegResNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
 
 
@@ -104,7 +135,7 @@ def build_backbone(
         in_channels: image channels.
         out_channels: classes ``C`` (background included).
         kwargs: forwarded to the constructor; ``n_filters`` is translated per backbone (module
-            docstring); ``"unet"`` fills missing ``channels``/``strides``/``num_res_units``/``norm``
+            docstring), and so are ``dropout`` and ``init``; ``"unet"`` fills missing ``channels``/``strides``/``num_res_units``/``norm``
             from :data:`UNET_DEFAULTS` (``strides`` follows the length of a given ``channels``).
 
     Returns:
@@ -121,7 +152,9 @@ def build_backbone(
     if not isinstance(name, str):
         raise TypeError(f"build_backbone: `name` must be a string from {BACKBONES}, got {name!r}.")
     key = look_up_option(name.lower(), BACKBONES)
+    init = kwargs.pop("init", None) if key != "vnet" else None
     try:
-        return _BUILDERS[key](spatial_dims, in_channels, out_channels, **kwargs)
+        net = _BUILDERS[key](spatial_dims, in_channels, out_channels, **kwargs)
     except TypeError as err:
         raise TypeError(f"build_backbone({key!r}): {err}") from err
+    return initialize_weights(net, init) if init is not None else net

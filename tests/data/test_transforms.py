@@ -237,3 +237,72 @@ def test_protocol_argument_errors():
         protocol_transforms("ga", "train", patch_size=(96, 96))
     with pytest.raises(ValueError, match="window"):
         protocol_transforms("ga", "eval", window=(275, -125))
+
+
+# ----------------------------------------------------------------------------- reference random crop
+
+
+def _crop_offsets(seed, shape=(40, 40, 20), roi=(24, 24, 24), draws=1):
+    from scdl_monai.data.transforms import ReferenceRandomCropd
+
+    t = ReferenceRandomCropd(["image", "label"], roi_size=roi)
+    t.set_random_state(seed)
+    image = torch.arange(int(np.prod(shape)), dtype=torch.float32).reshape(1, *shape) + 1  # no zeros inside
+    out = []
+    for _ in range(draws):
+        o = t({"image": image, "label": image.clone()})
+        assert o["image"].shape == (1, *roi) and torch.equal(o["image"], o["label"])
+        out.append(t._start)
+    return t, out
+
+
+def test_reference_random_crop_pads_like_the_reference_and_offsets_at_random():
+    # depth 20 <= 24: every axis padded by max((r - s) // 2 + 3, 0) -> (0, 0, 5); depth 20 + 10 = 30
+    t, starts = _crop_offsets(0, draws=200)
+    assert t.padding((40, 40, 20)) == (0, 0, 5)
+    z = {s[2] for s in starts}
+    assert z == set(range(30 - 24))  # offsets 0..5: the upper bound is excluded, as np.random.randint
+    assert {s[0] for s in starts} <= set(range(40 - 24)) and max(s[0] for s in starts) == 15
+    # GA grid: 160x160x80 with 96^3 patches -> z padded by 11 per side (80 -> 102), x/y unpadded
+    from scdl_monai.data.transforms import ReferenceRandomCropd
+
+    assert ReferenceRandomCropd("image", (96, 96, 96)).padding((160, 160, 80)) == (0, 0, 11)
+    assert ReferenceRandomCropd("image", (128, 128, 64)).padding((160, 160, 80)) == (0, 0, 0)
+
+
+def test_reference_random_crop_is_seeded():
+    _, a = _crop_offsets(3, draws=20)
+    _, b = _crop_offsets(3, draws=20)
+    _, c = _crop_offsets(4, draws=20)
+    assert a == b
+    assert a != c
+
+
+def test_reference_random_crop_places_the_volume_at_a_random_depth():
+    from scdl_monai.data.transforms import ReferenceRandomCropd
+
+    t = ReferenceRandomCropd("image", roi_size=(8, 8, 24))
+    depths = set()
+    for seed in range(30):
+        t.set_random_state(seed)
+        out = t({"image": torch.ones(1, 8, 8, 20)})["image"]
+        filled = torch.nonzero(out[0].sum((0, 1))).flatten()
+        depths.add(int(filled[0]))  # first non-padded slice inside the patch
+    assert len(depths) > 1  # a fixed SpatialPadd would always give 2
+
+
+def test_ga_and_dhc_chains_resize_before_clipping():
+    for protocol in ("dhc", "ga"):
+        names = [type(t).__name__ for t in protocol_transforms(protocol, "train").transforms]
+        assert names.index("Resized") < names.index("ScaleIntensityRanged"), protocol
+        assert "ReferenceRandomCropd" in names and "SpatialPadd" not in names, protocol
+
+
+def test_resize_before_clip_differs_from_clip_before_resize():
+    """The order matters where trilinear interpolation mixes voxels across a window bound."""
+    from monai.transforms import Resize, ScaleIntensityRange
+
+    x = torch.tensor([[-1000.0, 500.0] * 4] * 8).reshape(1, 8, 8, 1).repeat(1, 1, 1, 2)
+    clip = ScaleIntensityRange(a_min=-125, a_max=275, b_min=0, b_max=1, clip=True)
+    resize = Resize((5, 5, 2), mode="trilinear")
+    assert not torch.allclose(clip(resize(x)), resize(clip(x)))

@@ -118,3 +118,43 @@ def test_saves_are_complete_zip_archives(tmp_path):
     engine.run([0], max_epochs=3)
     assert sorted(os.listdir(tmp_path)) == [f"checkpoint_epoch={i}.pt" for i in (1, 2, 3)]
     assert torch.load(tmp_path / "checkpoint_epoch=3.pt", weights_only=True)["model"]["weight"][0, 0] == model.weight[0, 0]
+
+
+def _run(engine_epochs=1):
+    engine = Engine(lambda e, b: None)
+    return engine, (lambda: engine.run([0, 1], max_epochs=engine_epochs))
+
+
+def test_final_model_saver_writes_final_weights_when_no_validation_ran(tmp_path):
+    from scdl_monai.handlers.checkpoint import FinalModelSaver
+
+    net = torch.nn.Linear(2, 3)
+    validator = Engine(lambda e, b: None)  # never run
+    trainer, run = _run()
+    saver = FinalModelSaver(tmp_path / "models", net, validator=validator)
+    saver.attach(trainer)
+    run()
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert set(state) == {"weight", "bias"} and torch.equal(state["weight"], net.weight)
+    assert saver.saved == tmp_path / "models" / "model.pt"
+    assert not list((tmp_path / "models").glob(f".*{PARTIAL_MARK}*"))
+
+
+def test_final_model_saver_leaves_the_best_model_when_validation_ran(tmp_path):
+    from scdl_monai.handlers.checkpoint import FinalModelSaver
+
+    net = torch.nn.Linear(2, 3)
+    validator = Engine(lambda e, b: None)
+    validator.run([0])  # the key-metric saver owns model.pt
+    (tmp_path / "model.pt").write_bytes(b"best")
+    trainer, run = _run()
+    FinalModelSaver(tmp_path, net, validator=validator).attach(trainer)
+    run()
+    assert (tmp_path / "model.pt").read_bytes() == b"best"
+    # keep_existing: a resumed run without validation keeps the model selected earlier
+    trainer, run = _run()
+    FinalModelSaver(tmp_path, net, validator=Engine(lambda e, b: None), keep_existing=True).attach(trainer)
+    run()
+    assert (tmp_path / "model.pt").read_bytes() == b"best"
+    with pytest.raises(TypeError, match="state_dict"):
+        FinalModelSaver(tmp_path, object())

@@ -96,3 +96,34 @@ def test_bundle_config_both_forms():
     by_name, by_class = parser.get_parsed_content("by_name"), parser.get_parsed_content("by_class")
     assert isinstance(by_name, UNet) and by_name.out_channels == 4
     assert isinstance(by_class, VNet) and by_class.out_channels == 4
+
+
+@pytest.mark.parametrize("name", ["vnet", "unet"])
+def test_generic_dropout_is_active_in_train_mode_only(name):
+    torch.manual_seed(0)
+    net = build_backbone(name, out_channels=3, n_filters=4, dropout=0.5)
+    x = torch.rand(2, 1, 16, 16, 16)
+    net.train()
+    assert not torch.allclose(net(x), net(x))  # a new dropout mask each call
+    net.eval()
+    assert torch.allclose(net(x), net(x))
+    none = build_backbone(name, out_channels=3, n_filters=4, dropout=0.0).train()
+    with torch.no_grad():
+        assert torch.allclose(none(x), none(x))
+
+
+def test_generic_dropout_and_init_translate_per_backbone():
+    vnet = build_backbone("vnet", out_channels=3, n_filters=4, dropout=0.5, init=None)
+    assert vnet.has_dropout and vnet.dropout.p == 0.5
+    assert not build_backbone("vnet", out_channels=3, n_filters=4, dropout=None).has_dropout
+    seg = build_backbone("segresnet", out_channels=3, n_filters=8, dropout=0.2)
+    assert seg.dropout_prob == 0.2
+    torch.manual_seed(0)
+    a = build_backbone("unet", out_channels=3, n_filters=4)
+    torch.manual_seed(0)
+    b = build_backbone("unet", out_channels=3, n_filters=4, init="xavier")
+    assert not torch.equal(next(a.parameters()), next(b.parameters()))
+    with pytest.raises(ValueError, match="dropout"):
+        build_backbone("vnet", out_channels=3, n_filters=4, dropout=1.5)
+    with pytest.raises(ValueError, match="not both"):
+        build_backbone("vnet", out_channels=3, n_filters=4, dropout=0.5, has_dropout=True)
