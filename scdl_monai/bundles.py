@@ -834,8 +834,11 @@ python -m monai.bundle run --config_file configs/train.json --dataset_dir /path/
 ```
 
 Evaluate `models/model.pt` on the `test` split: Dice per class on the protocol grid
-(`eval/metrics.csv`, `eval/val_mean_dice_raw.csv`) and predictions in the original image space
-(`eval/predictions/`), then the project metrics (Dice/ASD/HD95 in mm, empty-class policy):
+(`eval/metrics.csv`, `eval/val_mean_dice_raw.csv`), predictions in the original image space
+(`eval/predictions/`) and on the protocol grid (`eval/predictions_grid/`), then the project metrics
+(Dice/ASD/HD95 in mm, empty-class policy; for a published table instead, score
+`eval/predictions_grid` with `--mode reference --reference <dhc|genericssl|ga|magicnet> --grid "[160,160,80]"`,
+see scdl_monai `docs/evaluation.md`):
 
 ```bash
 python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" --dataset_dir /path/to/{dataset}
