@@ -205,11 +205,11 @@ def markdown_table(method: str) -> str:
     rows = [
         ("behaviour", "reference value + source", "our default", "switch"),
         ("test script", rec.script, "`configs/inference.json`, `configs/evaluate.json`", "-"),
-        ("sliding window", f"{patch} (x, y, z), the training patch", "`patch_size` = " + patch, "`--patch_size`"),
+        ("sliding window", f"{patch} (x, y, z), the training patch", "`patch_size`, the training patch", "-"),
         (
             "window stride / overlap (x, y, z)",
             f"stride {strides} -> overlap {overlap}; {rec.stride_source}",
-            f"`sw_overlap` = ({overlap}): MONAI scan interval {strides}",
+            f"`sw_overlap` = ({overlap}): MONAI scan interval {strides} at the reference patch",
             "`--sw_overlap 0.5` (one value for all axes) or a list",
         ),
         (
