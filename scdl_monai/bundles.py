@@ -625,7 +625,7 @@ _PREPROCESSING_TEXT = {
 bilinear image, nearest label) -> `ScaleIntensityRanged` [-125, 275] HU -> [0, 1] (`a_min`, `a_max`)
 -> `SpatialPadd` to the patch -> `RandCropByLabelClassesd` (class-balanced patch centres, `crop_ratios`)
 for labeled patches, `RandSpatialCropd` for unlabeled ones. Validation/evaluation/inference use the
-whole resampled volume with a sliding window of the training patch (uniform weights, overlap 0.5).
+whole resampled volume with a sliding window of the training patch (uniform weights).
 """,
     "dhc": """### Preprocessing ("dhc" protocol, visible in `configs/train.json`)
 
@@ -647,6 +647,27 @@ crops (`patch_size`) with the reference's pad/offset rule (`scdl_monai.data.tran
 the 80-deep volume is padded to 102 and lands at a random depth in the patch). Approximation: GA
 trained on MagicNet's non-public pre-made volumes. Inference inverts the resize.
 """,}
+
+
+def _sliding_window_text(train: Mapping[str, Any]) -> str:
+    """README paragraph on the sliding window: the composed ``sw_overlap`` / ``sw_fusion`` values."""
+    overlap = train["sw_overlap"]
+    if isinstance(overlap, str):
+        shown = overlap.lstrip("$").strip("[]").replace(" / ", "/")
+    else:
+        shown = ", ".join(str(o) for o in (overlap if isinstance(overlap, (list, tuple)) else [overlap]))
+    fusion = train["sw_fusion"]
+    how = (
+        "each window is turned into class probabilities (softmax) and the probabilities are averaged"
+        if fusion == "probabilities"
+        else "the windows' logits are averaged"
+    )
+    return (
+        f"Sliding window (validation, evaluation, inference): window = `patch_size`, overlap "
+        f"`sw_overlap` = ({shown}) per axis (x, y, z), uniform weights; {how} (`sw_fusion` = "
+        f"`{fusion}`). These are the reference test script's values (scdl_monai `docs/fidelity.md`); "
+        "`--sw_fusion logits` averages logits instead, `--sw_overlap 0.5` sets one overlap for all axes.\n"
+    )
 
 
 def _component_readmes(method: str, scdl: bool, root: Path) -> str:
@@ -686,6 +707,7 @@ def _readme(
     patch = list(train["patch_size"])
     patch_text = "x".join(str(p) for p in patch)
     preprocessing = _PREPROCESSING_TEXT[protocol].format(patch=patch_text)
+    sliding = _sliding_window_text(train)
     defaults = {"backbone": DEFAULT_BACKBONE, "protocol": METHOD_PROTOCOLS[method], "scdl": False}
     given = {"backbone": backbone, "protocol": protocol, "scdl": scdl}
     flags = "".join(f" --{k} {str(v).lower()}" for k, v in given.items() if v != defaults[k])
@@ -766,6 +788,7 @@ Classes:
 ## Training configuration
 
 {preprocessing}
+{sliding}
 {method_text}{extra_text}
 Every loss term is logged by `StatsHandler` and TensorBoard (`eval/`).
 
@@ -819,8 +842,11 @@ python -m monai.bundle run --config_file configs/train.json --dataset_dir /path/
 ```
 
 Evaluate `models/model.pt` on the `test` split: Dice per class on the protocol grid
-(`eval/metrics.csv`, `eval/val_mean_dice_raw.csv`) and predictions in the original image space
-(`eval/predictions/`), then the project metrics (Dice/ASD/HD95 in mm, empty-class policy):
+(`eval/metrics.csv`, `eval/val_mean_dice_raw.csv`), predictions in the original image space
+(`eval/predictions/`) and on the protocol grid (`eval/predictions_grid/`), then the project metrics
+(Dice/ASD/HD95 in mm, empty-class policy; for a published table instead, score
+`eval/predictions_grid` with `--mode reference --reference <dhc|genericssl|ga|magicnet> --grid "[160,160,80]"`,
+see scdl_monai `docs/evaluation.md`):
 
 ```bash
 python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" --dataset_dir /path/to/{dataset}

@@ -80,6 +80,8 @@ __all__ = [
     "PrecisionPolicy",
     "BF16ConvGuard",
     "PolicyInferer",
+    "FUSIONS",
+    "exact_overlap",
     "as_policy",
     "cpu_bf16_support",
     "cpu_bf16_conv_defect",
@@ -96,6 +98,10 @@ _ALIASES = {
     "fp16": "fp16", "float16": "fp16", "half": "fp16", "16": "fp16", "16-mixed": "fp16",
 }  # fmt: skip
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: How :class:`PolicyInferer` fuses overlapping windows: ``"probabilities"`` (softmax over the
+#: channels of every window, then MONAI averages the probabilities) or ``"logits"`` (MONAI's
+#: default: the raw network outputs are averaged).
+FUSIONS = ("probabilities", "logits")
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -622,7 +628,16 @@ class PolicyInferer(SlidingWindowInferer):
     Per window batch: inputs laid out channels-last (policy), network called under the policy's
     autocast inside ``torch.no_grad()`` (one region per volume), outputs cast to fp32 **before**
     MONAI stitches the overlapping windows (so the accumulation and the importance-map weighting
-    run in fp32).
+    run in fp32). With ``fusion="probabilities"`` each window's output is turned into class
+    probabilities (softmax over dim 1, in fp32) before stitching, so the volume is the average of
+    per-window probabilities, as the reference test scripts compute it (``score_map += softmax(net(patch))``,
+    ``score_map / cnt`` in ``xmed-lab/DHC:code/utils/__init__.py`` ``test_single_case``); an
+    ensemble's rule (e.g. :class:`~scdl_monai.methods.base.LogitMean`, the mean of two networks'
+    logits) runs inside the window, before that softmax. ``fusion="logits"`` averages the raw
+    outputs (MONAI's behaviour).
+    Overlaps are snapped so that MONAI's scan interval ``int(roi * (1 - overlap))`` equals the
+    intended stride when ``roi * (1 - overlap)`` is an integer up to float rounding (``5/6`` of a
+    96 window is stride 16, where plain float arithmetic gives 15); :func:`exact_overlap`.
     Everything else — windows, overlap, blending, padding, ``sw_device``/``device`` stitching,
     ``cpu_thresh``, buffered stitching — is MONAI's own code.
 
@@ -641,6 +656,13 @@ class PolicyInferer(SlidingWindowInferer):
             as ``monai.inferers.SlidingWindowInferer``.
         prepare_network: apply ``policy.prepare_module`` to the network at each call (a no-op
             after the first; channels-last weights avoid a re-layout per window).
+        fusion: ``"logits"`` (default, MONAI's averaging of the raw outputs) or
+            ``"probabilities"`` (softmax per window, then averaging); :data:`FUSIONS`. The bundles
+            set it from the config key ``sw_fusion``.
+
+    Attributes:
+        requested_overlap: the overlap as given; :attr:`overlap` is the snapped value MONAI uses.
+        scan_interval: the stride of the windows per spatial axis, ``int(roi * (1 - overlap))``.
 
     Example:
         >>> from scdl_monai.networks.vnet import VNet
@@ -670,7 +692,14 @@ class PolicyInferer(SlidingWindowInferer):
         buffer_dim: int = -1,
         with_coord: bool = False,
         prepare_network: bool = True,
+        fusion: str = "logits",
     ) -> None:
+        if fusion not in FUSIONS:
+            raise ValueError(
+                f"PolicyInferer: fusion (config key sw_fusion) must be one of {FUSIONS}, got {fusion!r}."
+            )
+        requested_overlap = overlap
+        overlap = exact_overlap(roi_size, overlap)
         if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
             raise ValueError(f"PolicyInferer: sw_batch_size must be a positive integer, got {sw_batch_size!r}.")
         super().__init__(
@@ -703,7 +732,16 @@ class PolicyInferer(SlidingWindowInferer):
             precision = dataclasses.replace(precision, channels_last=bool(channels_last))
         self.policy = precision
         self.prepare_network = bool(prepare_network)
+        self.fusion = fusion
+        self.requested_overlap = requested_overlap
         self._resolved: dict[str, PrecisionPolicy] = {}
+
+    @property
+    def scan_interval(self) -> tuple[int, ...]:
+        """Window stride per spatial axis (MONAI: ``int(roi * (1 - overlap))``, at least 1)."""
+        roi = (self.roi_size,) if isinstance(self.roi_size, int) else tuple(self.roi_size)
+        overlaps = self.overlap if isinstance(self.overlap, Sequence) else [self.overlap] * len(roi)
+        return tuple(max(int(r * (1 - o)), 1) for r, o in zip(roi, overlaps))
 
     def policy_for(self, device: Any) -> PrecisionPolicy:
         """The effective policy for the device that runs the network (resolved once per device type)."""
@@ -716,17 +754,65 @@ class PolicyInferer(SlidingWindowInferer):
         """Sliding-window inference of ``network`` on ``inputs`` (B, C, *spatial) under the policy.
 
         Returns:
-            what MONAI returns (fp32 tensors), e.g. logits (B, C_out, *spatial) on ``device``.
+            what MONAI returns (fp32 tensors) on ``device``: averaged logits (B, C_out, *spatial),
+            or averaged class probabilities with ``fusion="probabilities"``.
         """
         policy = self.policy_for(self.sw_device if self.sw_device is not None else inputs.device)
         if self.prepare_network and isinstance(network, nn.Module):
             policy.prepare_module(network)
 
+        probabilities = self.fusion == "probabilities"
+
         def run_window(window: torch.Tensor, *a: Any, **kw: Any) -> Any:
-            return _to_float32(network(policy.prepare_input(window), *a, **kw))
+            out = _to_float32(network(policy.prepare_input(window), *a, **kw))
+            if probabilities:
+                if not isinstance(out, torch.Tensor):
+                    raise TypeError(
+                        "PolicyInferer: fusion='probabilities' needs a network that returns one tensor of "
+                        f"logits, got {type(out).__name__}; use sw_fusion='logits' or an inference network."
+                    )
+                out = torch.softmax(out, dim=1)
+            return out
 
         # One autocast region for the whole volume: autocast then casts each weight once per
         # volume instead of once per window batch (measured ~7% of the bf16 time); MONAI's
         # stitching is element-wise on the fp32 window outputs, which autocast leaves in fp32.
         with torch.no_grad(), policy.autocast():
             return super().__call__(inputs, run_window, *args, **kwargs)
+
+
+def exact_overlap(roi_size: Sequence[int] | int, overlap: Sequence[float] | float) -> Sequence[float] | float:
+    """Overlap(s) for which MONAI's scan interval ``int(roi * (1 - overlap))`` is the intended stride.
+
+    MONAI truncates ``roi * (1 - overlap)``; a fraction such as ``5/6`` of a 96 window is stride
+    16 in exact arithmetic but ``15.999999999999996`` in floats, which MONAI truncates to 15. Where
+    ``roi * (1 - overlap)`` is within ``1e-6`` of an integer ``k`` the overlap is replaced by
+    ``1 - (k + 0.5) / roi`` (interval exactly ``k``; 0 when ``k >= roi``); every other value is
+    returned unchanged, so MONAI's own semantics hold. Window sizes that are not positive
+    integers (MONAI's ``-1`` = whole axis) are left alone.
+
+    Example:
+        >>> exact_overlap([96, 96, 96], [2 / 3, 2 / 3, 5 / 6])[2] < 5 / 6
+        True
+    """
+    if isinstance(overlap, (int, float)) and not isinstance(overlap, bool):
+        if isinstance(roi_size, int):
+            return _exact_overlap_axis(roi_size, float(overlap))
+        snapped = [_exact_overlap_axis(r, float(overlap)) for r in roi_size]
+        return overlap if all(o == float(overlap) for o in snapped) else snapped
+    if isinstance(overlap, Sequence) and not isinstance(overlap, str):
+        rois = [roi_size] * len(overlap) if isinstance(roi_size, int) else list(roi_size)
+        if len(rois) != len(overlap):
+            return overlap  # MONAI reports the length mismatch
+        return [_exact_overlap_axis(r, float(o)) for r, o in zip(rois, overlap)]
+    return overlap
+
+
+def _exact_overlap_axis(roi: int, overlap: float) -> float:
+    if isinstance(roi, bool) or not isinstance(roi, int) or roi <= 0 or not 0.0 <= overlap < 1.0:
+        return overlap
+    interval = roi * (1.0 - overlap)
+    k = round(interval)
+    if abs(interval - k) > 1e-6 * max(1.0, roi) or int(interval) == k:
+        return overlap
+    return max(1.0 - (k + 0.5) / roi, 0.0)

@@ -359,3 +359,30 @@ def test_quick_benchmark_smoke(tmp_path):
         capture_output=True, text=True, timeout=120, cwd=str(REPO_ROOT),
     )  # fmt: skip
     assert bad.returncode != 0 and "--configs: unknown ['fp64']" in bad.stderr
+
+
+def test_exact_overlap_gives_the_intended_monai_stride():
+    from monai.inferers.utils import _get_scan_interval
+
+    from scdl_monai.precision import exact_overlap
+
+    # plain floats: 96 * (1 - 5/6) = 15.999999999999996, which MONAI truncates to 15
+    assert _get_scan_interval((200, 200, 200), (96, 96, 96), 3, (5 / 6,) * 3) == (15, 15, 15)
+    snapped = exact_overlap((96, 96, 96), (2 / 3, 2 / 3, 5 / 6))
+    assert _get_scan_interval((200, 200, 200), (96, 96, 96), 3, snapped) == (32, 32, 16)
+    # values that are not a whole stride keep MONAI's meaning (truncation); 0 stays 0
+    assert exact_overlap((15, 15, 15), 0.5) == 0.5
+    assert exact_overlap((96, 96, 96), [0.0, 0.25, 0.7]) == [0.0, 0.25, 0.7]
+    inferer = PolicyInferer((96, 96, 96), overlap=[2 / 3, 2 / 3, 5 / 6])
+    assert inferer.scan_interval == (32, 32, 16) and inferer.requested_overlap == [2 / 3, 2 / 3, 5 / 6]
+
+
+def test_fusion_option_is_validated_naming_the_config_key():
+    with pytest.raises(ValueError, match="sw_fusion"):
+        PolicyInferer(SHAPE, fusion="mean")
+    net = VNet(out_channels=3, n_filters=4).eval()
+    x = torch.randn(1, 1, *SHAPE)
+    probs = PolicyInferer(SHAPE, fusion="probabilities")(x, net)
+    assert torch.allclose(probs.sum(dim=1), torch.ones(1, *SHAPE), atol=1e-5)
+    with pytest.raises(TypeError, match="one tensor of logits"):
+        PolicyInferer(SHAPE, fusion="probabilities")(x, lambda w: (net(w), net(w)))

@@ -61,6 +61,8 @@ def evaluate(
     hd95: bool = True,
     check_affine: bool = True,
     plot: bool = True,
+    reference: str = "dhc",
+    grid: str | Sequence[int] | None = None,
 ) -> None:
     """Evaluate predicted NIfTI label maps against labels; write cases.csv, summary.csv/.md/.png.
 
@@ -73,14 +75,19 @@ def evaluate(
         dataset: ``synapse`` or ``amos`` (organ names and number of classes).
         num_classes: C incl. background (needed without dataset/class_names).
         class_names: foreground class names, e.g. ``"[liver,spleen]"``.
-        mode: ``project`` (mm, documented empty-class policy) or ``reference`` (DHC/GenericSSL:
-            voxels, 128 penalty, both-empty Dice 1 upstream bug).
+        mode: ``project`` (mm on the original grid, documented empty-class policy) or ``reference``
+            (what a reference test script scores: voxels of its grid, its empty-class values).
         distance_cap: project-mode distance for a missed organ / false positive: ``diagonal`` or mm.
         split: split file (one id per line) or ``"[id1,id2]"``: evaluate exactly these cases.
         strict: error when a label has no prediction.
         hd95: compute HD95.
         check_affine: error when prediction and label orientations differ.
         plot: write summary.png.
+        reference: reference-mode convention: ``dhc`` (DHC, CPS, supervised), ``genericssl``,
+            ``ga`` (GA-CPS, GA-MagicNet) or ``magicnet``; see docs/evaluation.md.
+        grid: reference mode: the reference's evaluation grid, e.g. ``"[160,160,80]"`` (the
+            bundle's ``resize_grid``); labels are nearest-resized onto it. Give the bundle's
+            ``eval/predictions_grid`` as ``pred_dir``.
     """
     from scdl_monai.evaluation.metrics import evaluate_folder
 
@@ -103,6 +110,8 @@ def evaluate(
         include_hd95=hd95,
         check_affine=check_affine,
         plot=plot,
+        reference=reference,
+        grid=grid,
     )
     print(Path(result.paths["markdown"]).read_text())
     print("wrote: " + ", ".join(str(p) for p in result.paths.values()))

@@ -10,12 +10,14 @@ Two modes:
   over the pooled pred->GT and GT->pred edge distances) and HD95 = MONAI's 95th-percentile
   symmetric Hausdorff distance, both in **mm** using the voxel spacing of the image header;
   empty classes per the project policy (cap = image diagonal in mm, both empty -> NaN, counted).
-* ``"reference"``: the DHC/GenericSSL conventions (see
-  :data:`scdl_monai.evaluation.policy.REFERENCE_MODE_WARNING`): medpy-style Dice ×100 and medpy
-  ``asd(pred, gt)`` — the *directed* mean distance from the predicted surface to the GT surface
-  (what the upstream scripts call ASD; PROTOCOL.md says "symmetric", the code is not) — in
-  **voxels** (unit spacing); 128 / both-empty Dice 1 penalties. HD95 (not reported upstream) is
-  MONAI's symmetric HD95 in voxels.
+* ``"reference"``: what a reference test script scores (``reference="dhc"``, ``"genericssl"``,
+  ``"ga"`` or ``"magicnet"``; :data:`scdl_monai.evaluation.policy.REFERENCE_CONVENTIONS`):
+  medpy-style Dice ×100 and medpy ``asd(pred, gt)`` — the *directed* mean distance from the
+  predicted surface to the GT surface (what every upstream script calls ASD) — in **voxels** of the
+  evaluation grid (unit spacing), with that script's empty-class values. HD95 is MONAI's symmetric
+  HD95 in voxels (medpy ``hd95``; reported upstream by MagicNet only). :func:`evaluate_folder` with
+  ``grid=`` first nearest-resizes the label (and for ``"ga"`` the prediction) onto the reference's
+  own grid (:mod:`scdl_monai.evaluation.grid`), as the scripts do.
 
 Surface voxels are the mask minus its erosion by the face-connected cross (MONAI ``get_mask_edges``,
 the same definition as medpy's ``connectivity=1``).
@@ -34,11 +36,13 @@ import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 
 from scdl_monai.evaluation.files import load_label_volume, pair_files, read_case_ids
+from scdl_monai.evaluation.grid import parse_grid, resize_nearest
 from scdl_monai.evaluation.policy import (
-    REFERENCE_MODE_WARNING,
     check_mode,
+    check_reference,
     class_status,
     empty_class_values,
+    reference_warning,
     resolve_distance_cap,
 )
 
@@ -83,6 +87,7 @@ def evaluate_case(
     mode: str = "project",
     distance_cap: str | float = "diagonal",
     include_hd95: bool = True,
+    reference: str = "dhc",
 ) -> dict[int, dict[str, Any]]:
     """Dice, ASD and HD95 of every foreground class of one case.
 
@@ -97,6 +102,9 @@ def evaluate_case(
         distance_cap: project-mode distance for a missed organ / false positive:
             ``"diagonal"`` (image diagonal) or a number (same unit as distances).
         include_hd95: compute HD95 (NaN in the output when False).
+        reference: reference-mode convention (``"dhc"``, ``"genericssl"``, ``"ga"``,
+            ``"magicnet"``; :data:`~scdl_monai.evaluation.policy.REFERENCE_CONVENTIONS`): the
+            empty-class values and whether an all-background prediction zeroes every class.
 
     Returns:
         ``{c: {"dice": %, "asd": d, "hd95": d, "status": ClassStatus value}}`` for ``c = 1..C-1``.
@@ -112,6 +120,7 @@ def evaluate_case(
         100.0
     """
     check_mode(mode)
+    convention = check_reference(reference)
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2 (background + 1 class), got num_classes={num_classes!r}.")
     pred_a = _as_label_array(pred, "pred")
@@ -131,12 +140,14 @@ def evaluate_case(
         spacing = None  # upstream medpy calls pass no voxelspacing
     cap = resolve_distance_cap(distance_cap, label_a.shape, spacing) if mode == "project" else math.nan
 
+    # GALoss / MagicNet: ``if np.sum(prediction) == 0`` -> every class of the case scores 0.
+    zero_case = mode == "reference" and convention.empty_prediction_zeroes_case and not bool((pred_a > 0).any())
     results: dict[int, dict[str, Any]] = {}
     for c in range(1, int(num_classes)):
         p = pred_a == c
         g = label_a == c
         status = class_status(bool(p.any()), bool(g.any()))
-        values = empty_class_values(status, mode, cap)
+        values = (0.0, 0.0, 0.0) if zero_case else empty_class_values(status, mode, cap, reference)
         if values is None:
             values = _present_class_metrics(p, g, spacing, mode, include_hd95)
         dice, asd, hd95 = values
@@ -238,6 +249,8 @@ def evaluate_folder(
     include_hd95: bool = True,
     check_affine: bool = True,
     plot: bool = True,
+    reference: str = "dhc",
+    grid: Sequence[int] | str | None = None,
 ) -> EvaluationResult:
     """Evaluate every predicted NIfTI of ``pred_dir`` against its label in ``label_dir``.
 
@@ -259,6 +272,12 @@ def evaluate_folder(
         include_hd95: compute HD95.
         check_affine: error when prediction and label orientations differ; warn on spacing mismatch.
         plot: write the bar chart.
+        reference: reference-mode convention (see :func:`evaluate_case`).
+        grid: reference mode only: the reference's evaluation grid, e.g. ``(160, 160, 80)`` (the
+            bundle's ``resize_grid``). Each label is nearest-resized onto it
+            (:func:`scdl_monai.evaluation.grid.resize_nearest`); the prediction must already be on
+            it (a bundle's ``eval/predictions_grid/``), except for ``reference="ga"``, whose script
+            nearest-resizes the prediction as well. ``None``: the arrays are scored as stored.
 
     Raises:
         ValueError / FileNotFoundError: naming the file for unmatched files, shape or orientation
@@ -275,6 +294,13 @@ def evaluate_folder(
     )
 
     check_mode(mode)
+    convention = check_reference(reference)
+    grid = parse_grid(grid)
+    if grid is not None and mode != "reference":
+        raise ValueError(
+            f"grid={grid} is for mode='reference' (the reference's evaluation grid); project mode scores on "
+            "the original image grid."
+        )
     num_classes, names = resolve_class_names(dataset, num_classes, class_names)
     ids = read_case_ids(case_ids) if case_ids is not None else None
     pairs = pair_files(pred_dir, label_dir, case_ids=ids, strict=strict)
@@ -282,6 +308,19 @@ def evaluate_folder(
     for case_id, pred_path, label_path in pairs:
         label, spacing, label_axcodes = load_label_volume(label_path)
         pred, pred_spacing, pred_axcodes = load_label_volume(pred_path)
+        if grid is not None:
+            try:
+                label = resize_nearest(label, grid)
+                if convention.resizes_prediction:
+                    pred = resize_nearest(pred, grid)
+            except ValueError as err:
+                raise ValueError(f"case {case_id!r}: {err}") from None
+            if pred.shape != grid:
+                raise ValueError(
+                    f"case {case_id!r}: prediction {pred_path} has shape {pred.shape}, not the evaluation grid "
+                    f"{grid}; reference={reference!r} scores predictions made on that grid (a bundle's "
+                    "eval/predictions_grid/)."
+                )
         if pred.shape != label.shape:
             raise ValueError(
                 f"shape mismatch for case {case_id!r}: prediction {pred_path} has shape {pred.shape}, "
@@ -294,7 +333,7 @@ def evaluate_folder(
                     f"label {label_path} is {''.join(label_axcodes)} "
                     "(pass check_affine=False to compare the arrays as stored)."
                 )
-            if not np.allclose(pred_spacing, spacing, rtol=1e-3, atol=1e-4):
+            if grid is None and not np.allclose(pred_spacing, spacing, rtol=1e-3, atol=1e-4):
                 warnings.warn(
                     f"spacing of prediction {pred_path} {tuple(pred_spacing)} differs from label {label_path} "
                     f"{tuple(spacing)}; using the label's.",
@@ -309,6 +348,7 @@ def evaluate_folder(
                 mode=mode,
                 distance_cap=distance_cap,
                 include_hd95=include_hd95,
+                reference=reference,
             )
         except ValueError as err:
             raise ValueError(f"case {case_id!r} ({pred_path} vs {label_path}): {err}") from None
@@ -323,7 +363,8 @@ def evaluate_folder(
         paths["summary"] = write_csv(summary_rows, out / "summary.csv", SUMMARY_COLUMNS)
         title = f"{len(pairs)} cases, mode={mode}"
         if mode == "reference":
-            title += f"\n\n> {REFERENCE_MODE_WARNING}"
+            on = f"grid {list(grid)}" if grid is not None else "the stored arrays (no grid given)"
+            title += f", reference={reference}, scored on {on}\n\n> {reference_warning(reference)}"
         paths["markdown"] = write_text(format_markdown(summary_rows, title=title), out / "summary.md")
         if plot:
             from scdl_monai.evaluation.plots import plot_class_bars

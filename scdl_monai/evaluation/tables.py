@@ -312,7 +312,7 @@ def format_markdown(rows: Sequence[dict[str, Any]], title: str | None = None, di
     lines = []
     if title:
         lines += [f"### {title}", ""]
-    if str(rows[0]["mode"]) == "reference" and (not title or REFERENCE_MODE_WARNING not in title):
+    if str(rows[0]["mode"]) == "reference" and (not title or "REFERENCE MODE" not in title):
         lines += [f"> {REFERENCE_MODE_WARNING}", ""]
     count_head = "runs" if over_runs else "valid/cases"
     lines.append(f"| Class | Dice (%) | ASD ({unit}) | HD95 ({unit}) | {count_head} | missed | FP | both empty |")

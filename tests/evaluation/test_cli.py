@@ -131,3 +131,23 @@ def test_orientation_mismatch_is_an_error_naming_both_files(folders, tmp_path):
         cli.evaluate(folders / "preds", folders / "labels", tmp_path / "o", num_classes=3)
     cli.evaluate(folders / "preds", folders / "labels", tmp_path / "o", num_classes=3, check_affine=False)
     assert (tmp_path / "o" / "summary.csv").is_file()
+
+
+def test_reference_grid_from_the_command_line(folders, tmp_path):
+    """``--mode reference --reference ga --grid [6,6,4]``: labels and predictions (12x12x8) nearest-resized
+    to the grid, flagged; the perfect case stays perfect on the grid. Bad options exit with one line."""
+    out = tmp_path / "ref"
+    res = _run("evaluate", "--pred_dir", folders / "preds", "--label_dir", folders / "labels", "--out_dir", out,
+               "--num_classes", "3", "--mode", "reference", "--reference", "ga", "--grid", "[6,6,4]", "--plot", "False")
+    assert res.returncode == 0, res.stderr
+    rows = {(r["case_id"], r["class_index"]): r for r in _read(out / "cases.csv")}
+    assert float(rows[("0001", "1")]["dice"]) == pytest.approx(100.0) and rows[("0001", "1")]["distance_unit"] == "voxel"
+    assert float(rows[("0003", "2")]["asd"]) == 128.0  # class 2 missed: the GALoss penalty
+    summary = (out / "summary.md").read_text()
+    assert "reference=ga" in summary and "grid [6, 6, 4]" in summary and "ga conventions" in summary
+    res = _run("evaluate", "--pred_dir", folders / "preds", "--label_dir", folders / "labels", "--out_dir", out,
+               "--num_classes", "3", "--mode", "reference", "--grid", "[6,6,4]")
+    assert res.returncode == 1 and "not the evaluation grid" in res.stderr and "Traceback" not in res.stderr
+    res = _run("evaluate", "--pred_dir", folders / "preds", "--label_dir", folders / "labels", "--out_dir", out,
+               "--num_classes", "3", "--mode", "reference", "--reference", "nnunet")
+    assert res.returncode == 1 and "reference must be one of" in res.stderr and "Traceback" not in res.stderr

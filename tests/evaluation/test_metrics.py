@@ -158,3 +158,87 @@ def test_evaluate_folder_on_real_ct_two_labellers(samples_dir, tmp_path):
     assert rows["Avg"]["dice_n"] == 12 and rows["liver"]["dice_mean"] > 90
     assert 0 < rows["liver"]["asd_mean"] < 3.0  # mm, at 3 mm voxels
     assert res.paths == {}
+
+
+# --------------------------------------------------------------------------- reference grid and conventions
+def _save_nifti(path, data, spacing=(1.0, 1.0, 1.0)):
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(data, np.uint8), np.diag([*spacing, 1.0])), str(path))
+
+
+def _grid_case(tmp_path, pred_on_grid=True):
+    """Original label 8x8x4 with class 1 in [0:4, 0:4, 0:2]; the 4x4x2 grid keeps source indices
+    0, 2 (x, y) and 0 (z) of it -> class 1 in [0:2, 0:2, 0:1] (4 voxels). The prediction is the
+    2x2x2 block [0:2, 0:2, 0:2] (8 voxels) on the grid, or its 8x8x4 nearest-upsampled version."""
+    label = np.zeros((8, 8, 4), np.uint8)
+    label[0:4, 0:4, 0:2] = 1
+    pred = np.zeros((4, 4, 2), np.uint8)
+    pred[0:2, 0:2, 0:2] = 1
+    if not pred_on_grid:
+        pred = pred.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    _save_nifti(tmp_path / "labels" / "label0001.nii.gz", label, spacing=(1.0, 1.0, 2.0))
+    _save_nifti(tmp_path / "preds" / "0001.nii.gz", pred, spacing=(2.0, 2.0, 4.0))
+    return tmp_path / "preds", tmp_path / "labels"
+
+
+def test_reference_mode_scores_on_the_reference_grid_by_hand(tmp_path):
+    from scdl_monai.evaluation.metrics import evaluate_folder
+
+    preds, labels = _grid_case(tmp_path)
+    result = evaluate_folder(preds, labels, num_classes=2, mode="reference", grid="[4,4,2]", plot=False)
+    row = result.case_rows[0]
+    # 4 GT voxels inside 8 predicted: Dice = 2*4 / (4 + 8); every voxel of both is surface; directed
+    # pred -> GT: the z=0 layer is on the GT (0), the z=1 layer 1 voxel away -> ASD (4*0 + 4*1)/8
+    assert row["dice"] == pytest.approx(100 * 8 / 12, abs=1e-4)
+    assert row["asd"] == pytest.approx(0.5, abs=1e-6)
+    assert row["distance_unit"] == "voxel"
+
+
+def test_reference_grid_needs_grid_predictions_except_for_ga(tmp_path):
+    from scdl_monai.evaluation.metrics import evaluate_folder
+
+    preds, labels = _grid_case(tmp_path, pred_on_grid=False)
+    with pytest.raises(ValueError, match="not the evaluation grid"):
+        evaluate_folder(preds, labels, num_classes=2, mode="reference", grid=(4, 4, 2), plot=False)
+    # GALoss resizes the prediction to the grid too: the same hand-computed numbers
+    row = evaluate_folder(preds, labels, num_classes=2, mode="reference", reference="ga", grid=(4, 4, 2), plot=False)
+    assert row.case_rows[0]["dice"] == pytest.approx(100 * 8 / 12, abs=1e-4)
+    assert row.case_rows[0]["asd"] == pytest.approx(0.5, abs=1e-6)
+    with pytest.raises(ValueError, match="for mode='reference'"):
+        evaluate_folder(preds, labels, num_classes=2, grid=(4, 4, 2), plot=False)
+
+
+def test_project_mode_scores_the_original_grid_in_mm_by_hand():
+    # the same geometry on the original grid, spacing (1, 1, 2) mm: GT [0:2, 0:2, 0:1], pred [0:2, 0:2, 0:2]
+    gt = _cube((0, 0, 0), (2, 2, 1), shape=(4, 4, 2))
+    pred = _cube((0, 0, 0), (2, 2, 2), shape=(4, 4, 2))
+    r = evaluate_case(pred, gt, num_classes=2, spacing=(1.0, 1.0, 2.0))[1]
+    assert r["dice"] == pytest.approx(100 * 8 / 12, abs=1e-4)
+    # symmetric: pred -> GT 4 x 0 + 4 x 2 mm, GT -> pred 4 x 0 -> 8 / 12 mm; HD95 = 2 mm
+    assert r["asd"] == pytest.approx(8 / 12, abs=1e-6)
+    assert r["hd95"] == pytest.approx(2.0)
+
+
+def test_reference_conventions_for_empty_classes_and_empty_predictions():
+    gt = np.zeros((6, 6, 6), np.int64)
+    gt[1:3, 1:3, 1:3] = 1  # class 1 present in GT; class 2 absent from both
+    missed = np.zeros_like(gt)
+    dhc = evaluate_case(missed, gt, num_classes=3, mode="reference", reference="dhc")
+    ga = evaluate_case(missed, gt, num_classes=3, mode="reference", reference="ga")
+    magic = evaluate_case(missed, gt, num_classes=3, mode="reference", reference="magicnet")
+    # DHC scores each class on its own: missed 0 / 128, both empty 1 / 0
+    assert (dhc[1]["dice"], dhc[1]["asd"], dhc[2]["dice"], dhc[2]["asd"]) == (0.0, 128.0, 1.0, 0.0)
+    # GALoss / MagicNet: no foreground predicted -> the whole case is zeros
+    assert [(ga[c]["dice"], ga[c]["asd"], ga[c]["hd95"]) for c in (1, 2)] == [(0.0, 0.0, 0.0)] * 2
+    assert [(magic[c]["dice"], magic[c]["asd"]) for c in (1, 2)] == [(0.0, 0.0)] * 2
+    # with some foreground predicted, GALoss gives 128 to the miss and 100 % to the both-empty class
+    fp = np.zeros_like(gt)
+    fp[4:6, 4:6, 4:6] = 2  # class 2 predicted where the GT has nothing
+    ga2 = evaluate_case(fp, gt, num_classes=4, mode="reference", reference="ga")
+    assert (ga2[1]["dice"], ga2[1]["asd"]) == (0.0, 128.0)  # missed
+    assert (ga2[2]["dice"], ga2[2]["asd"]) == (0.0, 128.0)  # false positive
+    assert (ga2[3]["dice"], ga2[3]["asd"]) == (100.0, 0.0)  # both empty
+    magic2 = evaluate_case(fp, gt, num_classes=4, mode="reference", reference="magicnet")
+    assert [(magic2[c]["dice"], magic2[c]["asd"]) for c in (1, 2, 3)] == [(0.0, 0.0)] * 3

@@ -55,3 +55,20 @@ def test_reference_values_reproduce_upstream_including_the_scale_bug():
 def test_unknown_mode_is_named():
     with pytest.raises(ValueError, match="mode='medpy'"):
         empty_class_values(ClassStatus.MISSED, "medpy", 1.0)
+
+
+def test_each_reference_convention_reproduces_its_script():
+    from scdl_monai.evaluation.policy import REFERENCE_CONVENTIONS, check_reference, reference_warning
+
+    assert set(REFERENCE_CONVENTIONS) == {"dhc", "genericssl", "ga", "magicnet"}
+    # GALoss: Dice is a fraction there, so both empty (1) is 100 %; 128 for one empty side
+    assert empty_class_values(ClassStatus.BOTH_EMPTY, "reference", math.nan, "ga") == (100.0, 0.0, 0.0)
+    assert empty_class_values(ClassStatus.MISSED, "reference", math.nan, "ga") == (0.0, 128.0, 128.0)
+    # MagicNet cal_metric: any empty side -> every metric 0 (a miss lowers the mean ASD)
+    for status in (ClassStatus.MISSED, ClassStatus.FALSE_POSITIVE, ClassStatus.BOTH_EMPTY):
+        assert empty_class_values(status, "reference", math.nan, "magicnet") == (0.0, 0.0, 0.0)
+    assert empty_class_values(ClassStatus.BOTH_EMPTY, "reference", math.nan, "genericssl") == (1.0, 0.0, 0.0)
+    assert check_reference("ga").empty_prediction_zeroes_case and not check_reference("dhc").empty_prediction_zeroes_case
+    assert "VOXELS" in reference_warning("ga") and "ga conventions" in reference_warning("ga")
+    with pytest.raises(ValueError, match="reference must be one of"):
+        empty_class_values(ClassStatus.MISSED, "reference", math.nan, "nnunet")
