@@ -50,6 +50,8 @@ from common import atomic_write, loadavg, machine_info, peak_rss_mib, rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+# measure this checkout's package, not an installed copy (a script's sys.path[0] is benchmarks/)
+sys.path.insert(0, str(ROOT))
 
 TRAIN_CONFIGS = {
     "fp32": {"precision": "fp32", "channels_last": False},
@@ -78,7 +80,10 @@ def _build_method(size: dict):
     from scdl_monai.networks.vnet import VNet
 
     torch.manual_seed(0)
-    nets = [VNet(out_channels=size["num_classes"], n_filters=size["n_filters"]) for _ in range(2)]
+    # dropout on, as the references train (xmed-lab/DHC:code/train_dhc.py builds VNet(..., has_dropout=True))
+    nets = [
+        VNet(out_channels=size["num_classes"], n_filters=size["n_filters"], has_dropout=True) for _ in range(2)
+    ]
     try:
         from scdl_monai.methods.dhc import DHC
     except ImportError:
