@@ -33,9 +33,10 @@ it. Forward outputs, input gradients, fp32, 1³ and stride-2 convolutions and tr
 convolutions are exact. The VNet hits it at its 2×4×4 bottleneck for 32×64×64 patches (the
 reference DHC run without the guard ended with non-finite gradients) and at 2³ for 16³ test
 patches (12 of 20 seeded tiny VNet runs got NaN losses within 3 iterations). The guard
-(:class:`BF16ConvGuard`, on by default for CPU bf16 training) swaps a large-enough spatial axis
-to the front for exactly those convolutions (still bf16; exact gradients) or, when every axis
-is too small, runs them in fp32. :func:`cpu_bf16_conv_defect` reproduces the defect in a few
+(:class:`BF16ConvGuard`, on by default for CPU bf16 training) computes the weight gradient of
+exactly those convolutions with a large-enough spatial axis swapped to the front (still bf16;
+exact gradients; forward and input gradient unchanged) or, when every axis is too small, runs
+them in fp32. :func:`cpu_bf16_conv_defect` reproduces the defect in a few
 milliseconds; ``resolve`` records its result in :attr:`PrecisionPolicy.notes`; the cost of the
 guard is measured by ``benchmarks/fastpath.py`` (configuration ``fast_noguard``).
 
@@ -265,6 +266,52 @@ def _swap(seq: tuple[int, int, int], axis: int) -> tuple[int, int, int]:
     return tuple(out)  # type: ignore[return-value]
 
 
+class _SwappedWeightGradConv3d(torch.autograd.Function):
+    """bf16 ``conv3d`` whose weight gradient is computed with spatial ``axis`` swapped to the front.
+
+    Forward and input/bias gradients are oneDNN's unchanged bf16 kernels (exact, module
+    docstring). Only the weight gradient, the defective kernel, runs on the input and the output
+    gradient with ``axis`` swapped with the first spatial axis (swapped stride, padding and
+    dilation; both laid out channels-last, small bottleneck tensors), and is swapped back. The
+    weight itself is never permuted or copied: the weight-gradient kernel reads only its shape,
+    so an uninitialised channels-last tensor of the swapped shape stands in for it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, axis):  # noqa: D102
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (bias is not None, stride, padding, dilation, groups, axis)
+        with torch.autocast("cpu", enabled=False):
+            return torch.nn.functional.conv3d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):  # noqa: D102
+        x, weight = ctx.saved_tensors
+        has_bias, stride, padding, dilation, groups, axis = ctx.conf
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        bias_sizes = [weight.shape[0]] if has_bias else None
+        grad_x = grad_w = grad_b = None
+        if need_x or need_b:
+            grad_x, _, grad_b = torch.ops.aten.convolution_backward(
+                grad_y, x, weight, bias_sizes, stride, padding, dilation, False, [0, 0, 0], groups,
+                [need_x, False, need_b],
+            )  # fmt: skip
+        if need_w:
+            fmt = torch.channels_last_3d
+            shape = list(weight.shape)
+            shape[2], shape[2 + axis] = shape[2 + axis], shape[2]
+            _, grad_w, _ = torch.ops.aten.convolution_backward(
+                grad_y.transpose(2, 2 + axis).contiguous(memory_format=fmt),
+                x.transpose(2, 2 + axis).contiguous(memory_format=fmt),
+                torch.empty(shape, dtype=weight.dtype, device=weight.device, memory_format=fmt),
+                None, _swap(stride, axis), _swap(padding, axis), _swap(dilation, axis), False, [0, 0, 0], groups,
+                [False, True, False],
+            )  # fmt: skip
+            grad_w = grad_w.transpose(2, 2 + axis)
+        return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
 class BF16ConvGuard(TorchFunctionMode):
     """Torch-function mode that keeps CPU bf16 ``conv3d`` weight gradients exact (module docstring).
 
@@ -272,10 +319,12 @@ class BF16ConvGuard(TorchFunctionMode):
     whose input is smaller than the (dilated) kernel along the **first** spatial axis (the
     measured trigger; small second/third axes were exact in every measured case) is rewritten:
 
-    * if another spatial axis is at least as large as its kernel, that axis is swapped with the
-      first one in the input, the weight, stride, padding and dilation, the convolution runs in
-      bf16 and the output is swapped back (convolution commutes with a consistent axis
-      permutation; autograd differentiates through the transposes) — same speed, exact gradient;
+    * if another spatial axis is at least as large as its kernel, the convolution and its input
+      gradient run in bf16 unchanged and only the weight gradient is computed with that axis
+      swapped with the first one in the input, the output gradient, stride, padding and
+      dilation, then swapped back (convolution commutes with a consistent axis permutation).
+      The weight is not permuted or copied (:class:`_SwappedWeightGradConv3d`): same speed as
+      the unguarded call, exact gradient;
     * otherwise (e.g. a 2×2×2 input with a 3³ kernel) it runs with autocast disabled on fp32
       copies of its tensor arguments (fp32 output; the next autocast op casts as usual).
 
@@ -306,13 +355,15 @@ class BF16ConvGuard(TorchFunctionMode):
         axis = _leading_axis_swap(bound)
         if axis is not None:
             self.swapped_calls += 1
-            x = bound["input"].transpose(2, 2 + axis)
-            w = bound["weight"].transpose(2, 2 + axis)
-            y = func(
-                x, w, bound["bias"], _swap(_triple(bound["stride"]), axis), _swap(_triple(bound["padding"]), axis),
-                _swap(_triple(bound["dilation"]), axis), bound["groups"],
+            # autocast's casts (to bfloat16, every floating tensor argument), then the bf16 call
+            x, w, b = (
+                v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                for v in (bound["input"], bound["weight"], bound["bias"])
+            )
+            return _SwappedWeightGradConv3d.apply(
+                x, w, b, _triple(bound["stride"]), _triple(bound["padding"]), _triple(bound["dilation"]),
+                bound["groups"], axis,
             )  # fmt: skip
-            return y.transpose(2, 2 + axis)
         self.fp32_calls += 1
         with torch.autocast("cpu", enabled=False):
             floats = {
@@ -335,6 +386,35 @@ def float32_region(device_type: str = "cpu") -> Iterator[None]:
 # ---------------------------------------------------------------------------------- the policy
 def _memory_format(ndim: int) -> torch.memory_format | None:
     return {5: torch.channels_last_3d, 4: torch.channels_last}.get(ndim)
+
+
+def _channels_last_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    """Strides of a (N, C, *spatial) tensor stored channels-last, as ``torch.empty(..., memory_format=...)`` gives."""
+    n, c, *spatial = shape
+    strides, step = [0] * len(shape), c
+    for i in range(len(spatial) - 1, -1, -1):
+        strides[2 + i] = step
+        step *= spatial[i]
+    strides[0], strides[1] = step, 1
+    return tuple(strides)
+
+
+def _to_channels_last(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """``t`` with channels-last strides, also where the layout is ambiguous (one channel).
+
+    ``Tensor.contiguous(memory_format=...)`` leaves a one-channel tensor with its channels-first
+    strides (it already counts as channels-last), and oneDNN then picks the channels-first
+    layout for the whole first stage of a network fed a one-channel image (its output and the
+    skip connection taken from it), which costs layout conversions in every later op that mixes
+    it with channels-last tensors. Here the strides are set explicitly (one copy).
+    """
+    strides = _channels_last_strides(t.shape)
+    if tuple(t.stride()) == strides:
+        return t
+    if t.shape[1] != 1:
+        return t.contiguous(memory_format=fmt)
+    out = torch.empty_strided(t.shape, strides, dtype=t.dtype, device=t.device)
+    return out.copy_(t)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -565,12 +645,12 @@ class PrecisionPolicy:
             for param in module.parameters():
                 fmt = _memory_format(param.ndim)
                 if fmt is not None:
-                    param.data = param.data.contiguous(memory_format=fmt)
+                    param.data = _to_channels_last(param.data, fmt)
             for sub in module.modules():
                 for name, buf in list(sub._buffers.items()):
                     fmt = _memory_format(buf.ndim) if buf is not None else None
                     if fmt is not None:
-                        sub._buffers[name] = buf.contiguous(memory_format=fmt)
+                        sub._buffers[name] = _to_channels_last(buf, fmt)
         return module
 
     def prepare_input(self, x: Any) -> Any:
@@ -578,7 +658,7 @@ class PrecisionPolicy:
         if not self._effective.channels_last or not isinstance(x, torch.Tensor):
             return x
         fmt = _memory_format(x.ndim)
-        return x if fmt is None else x.contiguous(memory_format=fmt)
+        return x if fmt is None else _to_channels_last(x, fmt)
 
 
 def as_policy(value: PrecisionPolicy | str | Mapping[str, Any] | None, device: Any = None) -> PrecisionPolicy:

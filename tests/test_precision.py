@@ -12,7 +12,7 @@ from monai.inferers import SlidingWindowInferer
 from torch.utils.data import DataLoader
 
 from scdl_monai.engines.trainer import SemiSupervisedTrainer
-from scdl_monai.losses.segmentation import DiceCELoss
+from scdl_monai.losses.segmentation import DiceCELoss, as_float32
 from scdl_monai.methods.supervised import Supervised
 from scdl_monai.networks.vnet import VNet
 from scdl_monai.precision import (
@@ -147,6 +147,26 @@ def test_prepare_module_and_input_use_channels_last():
     assert all(p.is_contiguous() for p in net2.parameters())
 
 
+def test_one_channel_tensors_get_channels_last_strides():
+    # contiguous(memory_format=...) keeps channels-first strides for C == 1 (both layouts at once);
+    # oneDNN then runs a whole first stage channels-first: the policy sets the strides explicitly.
+    policy = PrecisionPolicy(channels_last=True).resolve("cpu")
+    x = torch.randn(2, 1, 4, 6, 8)
+    assert x.contiguous(memory_format=torch.channels_last_3d).stride()[1] != 1
+    x_cl = policy.prepare_input(x)
+    assert x_cl.stride() == torch.empty(2, 1, 4, 6, 8, memory_format=torch.channels_last_3d).stride()
+    assert torch.equal(x_cl, x) and policy.prepare_input(x_cl) is x_cl
+    x4 = policy.prepare_input(torch.randn(2, 1, 6, 8))
+    assert x4.stride() == torch.empty(2, 1, 6, 8, memory_format=torch.channels_last).stride()
+    net = tiny_vnet()
+    first = net.encoder_stages[0][0][0].weight
+    before = first.detach().clone()
+    policy.prepare_module(net)
+    assert first.stride()[1] == 1 and torch.equal(first, before)
+    y = net.encoder_stages[0](x_cl)  # the first stage's output is channels-last too
+    assert y.is_contiguous(memory_format=torch.channels_last_3d) and not y.is_contiguous()
+
+
 # ---------------------------------------------------------------- guard and fp32 islands
 @needs_cpu_bf16
 def test_guard_rewrites_only_small_first_axis_convs_with_weight_grad():
@@ -185,6 +205,49 @@ def test_policy_autocast_gives_correct_small_conv_weight_gradients(shape, tol, c
             y = torch.nn.functional.conv3d(x, w, padding=1)
         y.float().square().sum().backward()
         assert (w.grad - w_ref.grad).abs().max() <= tol * w_ref.grad.abs().max()
+
+
+@needs_cpu_bf16
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_guarded_conv_gradients_of_input_weight_and_bias_match_fp32(channels_last):
+    # the swap path computes only the weight gradient with the axes swapped; input and bias
+    # gradients and the output come from the unchanged bf16 kernels
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(2, 8, 2, 4, 6, generator=g).bfloat16().float()
+    w0 = (0.2 * torch.randn(12, 8, 3, 3, 3, generator=g)).bfloat16().float()
+    b0 = torch.randn(12, generator=g).bfloat16().float()
+    refs = [t.clone().requires_grad_(True) for t in (x0, w0, b0)]
+    y_ref = torch.nn.functional.conv3d(*refs, padding=1)
+    y_ref.square().sum().backward()
+    policy = PrecisionPolicy("bf16", channels_last=channels_last).resolve("cpu")
+    for _ in range(3):
+        recycle_nan_memory()
+        x, w, b = (t.clone().requires_grad_(True) for t in (policy.prepare_input(x0), w0, b0))
+        with policy.autocast(), BF16ConvGuard() as guard:
+            y = torch.nn.functional.conv3d(x, w, b, padding=1)
+        assert guard.swapped_calls == 1 and y.dtype == torch.bfloat16 and y.shape == y_ref.shape
+        assert (y.float() - y_ref).abs().max() <= 0.02 * y_ref.abs().max()
+        y.float().square().sum().backward()
+        for got, ref in zip((x, w, b), refs):
+            assert got.grad.dtype == torch.float32 and bool(torch.isfinite(got.grad).all())
+            assert (got.grad - ref.grad).abs().max() <= 0.03 * ref.grad.abs().max()
+
+
+@needs_cpu_bf16
+def test_losses_take_channels_last_bf16_logits_in_one_fp32_copy():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, C, 8, 8, 8, generator=g).bfloat16()
+    target = torch.randint(0, C, (2, 1, 8, 8, 8), generator=g)
+    weight = torch.tensor([0.2, 1.0, 3.0])
+    cl = logits.contiguous(memory_format=torch.channels_last_3d).requires_grad_(True)
+    as32 = as_float32(cl)
+    assert as32.dtype == torch.float32 and as32.is_contiguous() and torch.equal(as32, logits.float())
+    plain = torch.randn(2, C, 4, 4, 4)
+    assert as_float32(plain) is plain  # fp32 default path: no copy
+    ref = logits.float().requires_grad_(True)
+    DiceCELoss()(ref, target, weight).backward()
+    DiceCELoss()(cl, target, weight).backward()
+    assert cl.grad.dtype == torch.bfloat16 and torch.allclose(cl.grad.float(), ref.grad.bfloat16().float())
 
 
 @needs_cpu_bf16
@@ -353,6 +416,9 @@ def test_quick_benchmark_smoke(tmp_path):
     assert all(row["finite_grads"] and row["times_s"] for row in res["train"].values())
     assert res["inference"]["monai_fp32"]["voxels_per_s"] > 0 and res["inference_argmax_agreement"] > 0.9
     assert res["machine"]["torch"] == torch.__version__
+    amx = "amx_bf16" in res["machine"]["isa"]
+    assert res["acceptance"]["train_fast_ratio_target"] == (0.30 if amx else 0.33)
+    assert res["machine_label"].startswith(res["machine"]["cpu"]) and res["machine_label"] in proc.stdout
     assert "| fast |" in out.with_suffix(".md").read_text() and "| fast |" in proc.stdout
     bad = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "fastpath.py"), "--configs", "fp64"],

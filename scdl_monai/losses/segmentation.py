@@ -10,7 +10,7 @@ Every loss here follows one tensor contract (STYLE.md habit 2):
 Targets never receive gradient: they are detached and cast to ``long`` before use, so hard pseudo
 labels (``argmax`` of another network) can be passed directly.
 
-All computations are done in float32 even under autocast (``logits.float()``), because the sums
+All computations are done in float32 even under autocast (:func:`as_float32`), because the sums
 over all voxels of a 3D batch lose too much precision in bfloat16/float16.
 
 Sources: METHODS.md §2 and ``xmed-lab/DHC:code/utils/loss.py`` (``RobustCrossEntropyLoss``,
@@ -25,9 +25,19 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import nn
 
-__all__ = ["WeightedCELoss", "SoftDiceLoss", "DiceCELoss", "check_logits_target", "check_class_weight"]
+__all__ = ["WeightedCELoss", "SoftDiceLoss", "DiceCELoss", "as_float32", "check_logits_target", "check_class_weight"]
 
 _MODES = ("reference", "monai")
+
+
+def as_float32(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` as a float32 tensor in the default (channels-first) layout; the same tensor if it already is.
+
+    One copy does both the cast and the layout change: CPU ``softmax``/``log_softmax`` over the
+    class axis work on the channels-first layout and would otherwise copy channels-last logits
+    (``PrecisionPolicy(channels_last=True)``) again inside every loss term.
+    """
+    return logits.to(dtype=torch.float32, memory_format=torch.contiguous_format)
 
 
 def check_logits_target(logits: torch.Tensor, target: torch.Tensor, name: str = "loss") -> None:
@@ -94,7 +104,7 @@ class WeightedCELoss(nn.Module):
         """Args: logits (B, C, *spatial); target (B, 1, *spatial) int; weight (C,) or None. Returns a scalar."""
         check_logits_target(logits, target, type(self).__name__)
         weight = check_class_weight(weight, logits.shape[1], type(self).__name__)
-        logits = logits.float()
+        logits = as_float32(logits)
         labels = target.detach()[:, 0].long()
         if weight is None:
             return F.cross_entropy(logits, labels)
@@ -138,7 +148,7 @@ class SoftDiceLoss(nn.Module):
 
     def dice_per_class(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Soft batch Dice per class, shape (C,) (all classes, before exclusion/weighting)."""
-        logits = logits.float()
+        logits = as_float32(logits)
         probs = torch.softmax(logits, dim=1)
         onehot = torch.zeros_like(probs).scatter_(1, target.detach().long(), 1.0)
         axes = [0, *range(2, logits.ndim)]
@@ -251,7 +261,7 @@ class DiceCELoss(nn.Module):
         """
         check_logits_target(logits, target, type(self).__name__)
         weight = check_class_weight(weight, logits.shape[1], type(self).__name__)
-        logits = logits.float()
+        logits = as_float32(logits)
         ce = self.ce(logits, target, weight)
         if self.mode == "reference":
             dice = self.dice(logits, target, weight)
