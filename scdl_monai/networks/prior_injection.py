@@ -453,24 +453,27 @@ class SCDLDiffVNet(SCDLNetwork):
         return self(x)
 
 
-def wrap_backbone(backbone: nn.Module, enabled: bool = True, **kwargs) -> nn.Module:
+def wrap_backbone(backbone: nn.Module, enabled: bool = True, settings: Mapping | None = None, **kwargs) -> nn.Module:
     """The backbone wrapped with an SCDL branch — or the backbone itself when ``enabled`` is False.
 
     Picks :class:`SCDLDiffVNet` for a DiffVNet, :class:`SCDLNetwork` otherwise. Bundle configs use
-    it to build each network around its backbone (``enabled`` carries the ``A_only`` switch for
-    the second network of a method).
+    it to build each network around its backbone, sharing one ``settings`` dict (``enabled``
+    carries the ``A_only`` switch for the second network of a method).
 
     Args:
         backbone: the baseline's network.
         enabled: wrap it (default) or return it unchanged.
-        kwargs: :class:`SCDLNetwork` arguments.
+        settings: :class:`SCDLNetwork` arguments shared by several networks.
+        kwargs: further :class:`SCDLNetwork` arguments (override ``settings``), e.g. ``init_seed``.
     """
     if not isinstance(enabled, bool):
         raise ValueError(f"wrap_backbone: `enabled` must be a bool, got {enabled!r}.")
+    if settings is not None and not isinstance(settings, Mapping):
+        raise ValueError(f"wrap_backbone: `settings` must be a mapping of SCDLNetwork arguments, got {settings!r}.")
     if not enabled:
         return backbone
     cls = SCDLDiffVNet if isinstance(backbone, DiffVNet) else SCDLNetwork
-    return cls(backbone, **kwargs)
+    return cls(backbone, **{**dict(settings or {}), **kwargs})
 
 
 @contextmanager
