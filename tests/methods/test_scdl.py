@@ -14,6 +14,7 @@ from scdl_monai.methods.base import LogitMean, MethodOutput
 from scdl_monai.methods.cps import CPS
 from scdl_monai.methods.scdl import SCDLMethod, warmup_factor
 from scdl_monai.methods.supervised import Supervised
+from scdl_monai.networks.class_distribution import token_weights_from_pseudo_label
 from scdl_monai.networks.prior_injection import SCDLNetwork, wrap_backbone
 from scdl_monai.networks.vnet import VNet
 
@@ -500,3 +501,50 @@ def test_genericssl_switched_off_is_the_baseline():
     got = method.train_step(None, x, y, u)
     assert torch.equal(got.loss.detach(), expected.loss.detach())
     assert torch.equal(got.pred, expected.pred)
+
+
+# ---------------------------------------------------------------- token scope and unlabeled targets
+def _proxy_inputs(method, x, y, u):
+    with mock.patch.object(method.proxy_loss, "terms", wraps=method.proxy_loss.terms) as terms:
+        out = method(x, y, u)
+    return out, [c.args for c in terms.call_args_list]
+
+
+def test_token_scope_labeled_uses_only_labeled_tokens():
+    x, y, u = batch(n_l=1, n_u=2)
+    _, calls = _proxy_inputs(scdl(cps(), warmup_iters=0), x, y, u)
+    assert [c[0].shape[0] for c in calls] == [3, 3]  # A and B: labeled + unlabeled samples
+    _, calls = _proxy_inputs(scdl(cps(), warmup_iters=0, token_scope="labeled"), x, y, u)
+    assert [c[0].shape[0] for c in calls] == [1, 1]
+
+
+def test_peer_pseudo_labels_come_from_the_other_network_with_a_threshold():
+    x, y, u = batch(n_l=1, n_u=2)
+    torch.manual_seed(2)
+    labeled = scdl(cps(), warmup_iters=0, token_scope="labeled")(x, y, u)
+    torch.manual_seed(2)
+    method = scdl(cps(), warmup_iters=0, unlabeled_target="peer_pseudo_label", pseudo_label_threshold=1.0)
+    assert method.peers == {"network_a": "network_b", "network_b": "network_a"}
+    out, calls = _proxy_inputs(method, x, y, u)
+    masks = [c[4] for c in calls]
+    assert all(m.shape == (3, 64) and m[:1].all() and not m[1:].any() for m in masks)  # nothing is that confident
+    assert torch.allclose(out.terms["scdl_p2e"], labeled.terms["scdl_p2e"], atol=1e-6)
+    # with a reachable threshold the peer's argmax becomes the target of the unlabeled tokens
+    method = scdl(cps(a_only=True), warmup_iters=0, unlabeled_target="peer_pseudo_label", pseudo_label_threshold=0.0)
+    with mock.patch.object(method.proxy_loss, "terms", wraps=method.proxy_loss.terms) as terms:
+        with torch.no_grad():
+            peer_logits = method.network_b(torch.cat([x, u]))
+        method(x, y, u)
+    weights = terms.call_args_list[0].args[1]
+    expected = token_weights_from_pseudo_label(peer_logits[1:], (4, 4, 4))
+    assert torch.allclose(weights[1:], expected)
+    with pytest.raises(ValueError, match="two networks"):
+        scdl(_genericssl(), unlabeled_target="peer_pseudo_label")
+
+
+def test_warmup_is_a_fraction_of_the_engine_run():
+    method = scdl(cps(), warmup_iters=None, warmup_fraction=0.25)
+    engine = type("E", (), {"state": type("S", (), {"max_epochs": 2, "epoch_length": 8})()})()
+    assert method.warmup_length(engine) == 4
+    assert method.train_step(engine, *batch()).terms["scdl_warmup"].item() == pytest.approx(0.25)
+    assert scdl(cps(), warmup_iters=None, warmup_fraction=0.0).warmup_length() == 0
