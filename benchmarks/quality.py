@@ -18,8 +18,8 @@ overlay) executed in-process by :class:`monai.bundle.ConfigWorkflow`, one subpro
 * schedules that span a whole run are stretched to the budget, keeping their shape: epoch-level poly
   LR and unsupervised-weight ramps (``max_epochs``); GA-CPS / MagicNet ``max_iterations`` = budget,
   ``poly_iterations`` scaled alike (GA-MagicNet: poly over 70/17 budgets, stopped after one) and
-  MagicNet's ``rampup_interval`` (350 of 70,000 or 17,000); SCDL's ``scdl_warmup_iters`` (1000)
-  as a fraction of GA's 17,000 iterations; other iteration constants (MagicNet ``blend_after`` 100,
+  MagicNet's ``rampup_interval`` (350 of 70,000 or 17,000); SCDL's warm-up is already a fraction
+  of the run (``scdl_warmup_fraction``); other iteration constants (MagicNet ``blend_after`` 100,
   ``recount_interval`` 20) are kept;
 * deviations forced by the tiny size (stated in the output): MagicNet cubes 16³ (3×3×3 grid of the
   48³ patch) with batch norm instead of instance norm (a 16³ cube has one bottleneck voxel) and a
@@ -138,8 +138,6 @@ def overrides_for(
             "cube_size": size["patch"] // 3, "location_hidden_features": 256, "network_def#norm": "batch",
             "method_def#rampup_interval": max(1, round(interval * n_iter / float(config["max_iterations"]))),
         })  # fmt: skip
-    if scdl:
-        out["scdl_warmup_iters"] = max(1, round(float(config.get("scdl_warmup_iters", 1000)) * n_iter / 17000))
     return out
 
 
