@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.losses.scdl (CDBA and SAC losses, METHODS.md §7; paper 004 Eqs. 3, 4, 8, 9)."""
+"""Tests for scdl_monai.losses.class_distribution_loss (CDBA and SAC losses; paper arXiv 2603.05202 Eqs. 3, 4, 8, 9)."""
 
 import math
 

@@ -415,6 +415,32 @@ def test_scdl_overlay_composes_on_baselines(method_name):
     standalone.load_state_dict(train.get_parsed_content("inference_network").state_dict(), strict=True)
 
 
+def test_every_switch_is_a_top_level_override():
+    root = _components()
+    files = [root / "train.json", root / "datasets" / "synapse.json", root / "backbones" / "vnet.json",
+             root / "methods" / "dhc" / "train.json", root / "scdl" / "train.json"]  # fmt: skip
+    overrides = {
+        **TINY, "scdl_networks": "A_only", "scdl_token_scope": "labeled", "scdl_proxy_weight": 0.03,
+        "scdl_sac_weight": 0.01, "scdl_unlabeled_target": "peer_pseudo_label", "scdl_pseudo_label_threshold": 0.8,
+        "scdl_token_stage": 2, "scdl_balanced_p2e": True, "scdl_detach_prior": True, "scdl_lr_factor": 0.5,
+        "scdl_warmup_fraction": 0.1, "scdl_injection": "head",
+    }  # fmt: skip
+    train = _parser(files, overrides)
+    method = train.get_parsed_content("method")
+    assert method.targets == ("network_a",) and type(method.network_b) is VNet
+    net = method.network_a
+    assert (net.token_stage, net.detach_prior, net.injection) == (2, True, "head")
+    assert (method.token_scope, method.proxy_weight, method.sac_weight) == ("labeled", 0.03, 0.01)
+    assert (method.unlabeled_target, method.pseudo_label_threshold, method.warmup_fraction) == ("peer_pseudo_label", 0.8, 0.1)
+    assert method.proxy_loss.p2e.balanced
+    opt = train.get_parsed_content("lr_scheduler").optimizer  # the scheduler adds the SCDL group
+    base_group, scdl_group = opt.param_groups
+    assert scdl_group["lr"] == pytest.approx(0.5 * base_group["lr"])
+    x, y, u = batch()
+    with torch.no_grad():
+        assert method.network_a.encoder_scdl(x).prior.shape[2:] == (8, 8, 8)  # x3: patch/4 tokens
+
+
 # ---------------------------------------------------------------- DDP (2 CPU processes, gloo)
 DDP_SCRIPT = """
 import os, sys, socket, torch, torch.distributed as dist, torch.multiprocessing as mp

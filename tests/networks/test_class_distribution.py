@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.networks.scdl (SCDL block, METHODS.md §7; paper 004 §2.1)."""
+"""Tests for scdl_monai.networks.class_distribution (the SCDL block; paper arXiv 2603.05202 §2.1)."""
 
 import math
 
