@@ -144,6 +144,8 @@ class SCDLMethod(SemiSupervisedMethod):
     Args:
         base_method: the baseline, built with (some of) its networks wrapped, before ``wrap_ddp``.
         num_classes: ``C``; ``None`` = the wrappers' (they must agree).
+        networks: which of the base method's networks the config wrapped, checked here: ``"all"``
+            (default: every network of ``network_names``) or ``"A_only"`` (the first one only).
         proxy_weight: weight of the CDBA proxy loss ``L_p2e + e2p_weight·L_e2p`` (default 0.3).
         sac_weight: weight of ``L_SAC`` (default 0.1).
         warmup_fraction: linear warm-up of both weights over this fraction of the run's
@@ -198,6 +200,7 @@ class SCDLMethod(SemiSupervisedMethod):
         self,
         base_method: SemiSupervisedMethod,
         num_classes: int | None = None,
+        networks: str = "all",
         proxy_weight: float = 0.3,
         sac_weight: float = 0.1,
         warmup_fraction: float = 0.06,
@@ -280,6 +283,13 @@ class SCDLMethod(SemiSupervisedMethod):
             raise ValueError(
                 f"SCDLMethod: none of the networks {self.network_names} of {type(base_method).__name__} is an "
                 "SCDLNetwork; build them around their backbones with scdl_monai.networks.prior_injection.wrap_backbone."
+            )
+        expected = self.network_names if _option("networks", networks, ("all", "a_only")) == "all" else self.network_names[:1]
+        roots = tuple(p.split(".")[0] for p in self.targets)
+        if roots != tuple(expected):
+            raise ValueError(
+                f"SCDLMethod: networks={networks!r} expects SCDL wrappers on {list(expected)}, but {list(roots)} "
+                "carry one; build the networks with the same `networks` setting."
             )
         classes = {self.wrapped_networks()[p].num_classes for p in self.targets}
         if num_classes is not None and {num_classes} != classes:

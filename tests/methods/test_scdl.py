@@ -211,8 +211,12 @@ def test_resume_restores_the_warmup_counter():
 
 
 def test_a_only_wraps_only_network_a():
-    method = scdl(cps(a_only=True))
+    method = scdl(cps(a_only=True), networks="A_only")
     assert method.targets == ("network_a",)
+    with pytest.raises(ValueError, match="networks='all'"):
+        scdl(cps(a_only=True))  # the config and the wrapping disagree
+    with pytest.raises(ValueError, match="networks"):
+        scdl(cps(), networks="B_only")
     assert isinstance(method.network_a, SCDLNetwork) and type(method.network_b) is VNet
     out = method(*batch())
     assert torch.isfinite(out.terms["loss_scdl"])
@@ -556,7 +560,8 @@ def test_peer_pseudo_labels_come_from_the_other_network_with_a_threshold():
     assert all(m.shape == (3, 64) and m[:1].all() and not m[1:].any() for m in masks)  # nothing is that confident
     assert torch.allclose(out.terms["scdl_p2e"], labeled.terms["scdl_p2e"], atol=1e-6)
     # with a reachable threshold the peer's argmax becomes the target of the unlabeled tokens
-    method = scdl(cps(a_only=True), warmup_iters=0, unlabeled_target="peer_pseudo_label", pseudo_label_threshold=0.0)
+    method = scdl(cps(a_only=True), networks="A_only", warmup_iters=0, unlabeled_target="peer_pseudo_label",
+                  pseudo_label_threshold=0.0)
     with mock.patch.object(method.proxy_loss, "terms", wraps=method.proxy_loss.terms) as terms:
         with torch.no_grad():
             peer_logits = method.network_b(torch.cat([x, u]))
