@@ -17,7 +17,7 @@ Budgets (``--budget``):
 * ``phantom`` (default): the converged phantom budget of :data:`BUDGETS` — VNet-family networks at
   ``n_filters`` 8, random patches, every method's own optimizer, learning rate, losses and
   schedule shape (epoch-level poly LR and ramps stretched to the run, GA/MagicNet iteration
-  schedules scaled, SCDL warm-up as the same fraction of the run as in the GA reference);
+  schedules scaled, SCDL warm-up a fraction of the run by itself);
   native preprocessing protocol for every method (one data grid); MagicNet cubes of a third of the
   patch with batch norm (a cube that small has one bottleneck voxel) and a location head of 256;
 * ``quick``: CI smoke sizes (numbers meaningless);
@@ -137,8 +137,8 @@ def overrides_for(method: str, scdl: bool, spec: dict, config: dict) -> dict:
     Iteration-denominated schedules keep their shape relative to the config's run length
     ``max_iterations`` (GA-CPS / MagicNet: 17,000 or 70,000): GA-MagicNet's poly over 70k stopped
     at 17k stays poly over 70/17 budgets; MagicNet's 200-step consistency ramp of ``rampup_interval``
-    350 iterations keeps covering the same fraction of the run; SCDL's 1000 warm-up iterations are
-    taken as a fraction of GA's 17,000.
+    350 iterations keeps covering the same fraction of the run; SCDL's warm-up is a fraction of the
+    run already (``scdl_warmup_fraction``).
     """
     size = spec["size"]
     out = {
@@ -169,8 +169,6 @@ def overrides_for(method: str, scdl: bool, spec: dict, config: dict) -> dict:
             "network_def#norm": "batch",
             "method_def#rampup_interval": max(1, round(interval * n_iter / float(config["max_iterations"]))),
         })  # fmt: skip
-    if scdl:
-        out["scdl_warmup_iters"] = max(1, round(float(config.get("scdl_warmup_iters", 1000)) * n_iter / 17000))
     return out
 
 

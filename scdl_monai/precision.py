@@ -49,7 +49,7 @@ parts do their own casting):
 * class-weighting trackers (:mod:`scdl_monai.weighting`) count argmax labels into fp32 buffers and
   update EMAs in fp32 (an EMA with momentum 0.99 cannot move in bf16: 0.01·Δ is below bf16's
   resolution for weights near 1);
-* SCDL class statistics: :meth:`scdl_monai.networks.scdl.SCDL.forward` runs everything after the
+* SCDL class statistics: :meth:`scdl_monai.networks.class_distribution.SCDL.forward` runs everything after the
   projector MLP (normalisation, cosines to the proxies, the softmax assignments at τ = 0.2, the
   priors) with autocast disabled on fp32 inputs (a bf16 cosine has ~3 significant digits, then
   amplified 5x by 1/τ); the SCDL losses cast to fp32 as well. Note that ``.float()`` inputs alone

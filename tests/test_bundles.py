@@ -159,9 +159,12 @@ def test_method_and_scdl_composition_order():
     assert export_network_id(True) in scdl and export_network_id(False) in scdl
     # the base configs are untouched by the plug-in: same baseline keys with and without SCDL
     base = compose_config("train", "dhc", "amos")
-    changed = ("method", "lr_scheduler")  # the wrapped method; the SCDL param group added to the optimizer
+    # the wrapped method; the SCDL param group added to the optimizer; the networks built around their backbones
+    changed = ("method", "lr_scheduler", "network", "network_b_def")
     with_scdl = compose_config("train", "dhc", "amos", scdl=True)
     assert {k: v for k, v in with_scdl.items() if k in base and k not in changed} == {k: v for k, v in base.items() if k not in changed}
+    assert with_scdl["network_b_def"]["backbone"] == base["network_b_def"] == "%network_def"
+    assert with_scdl["scdl_network_def"]["backbone"] == "@network_def"
 
 
 def test_written_readmes_describe_the_method(tmp_path):

@@ -500,7 +500,7 @@ class DiffVNet(nn.Module):
         With :meth:`encode` (image stem, no ``t``), :attr:`feature_channels`,
         :attr:`decoder_channels` and :attr:`head` this gives DiffVNet the encoder/decoder hooks of
         :class:`~scdl_monai.networks.vnet.VNet` for its inference path, so
-        :class:`~scdl_monai.networks.scdl_network.SCDLNetwork` can wrap it: tokens from the shared
+        :class:`~scdl_monai.networks.prior_injection.SCDLDiffVNet` can wrap it: tokens from the shared
         encoder, prior injected into D_θ (METHODS.md §7, "GenericSSL: tokens from the shared
         encoder, inject into D_θ"). ``decode(encode(x))[0]`` equals ``forward(x)``.
         """

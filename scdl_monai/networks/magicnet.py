@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from scdl_monai.networks.prior_injection import SCDLNetwork
 from scdl_monai.networks.vnet import VNet
 
 __all__ = ["LocationHead", "MagicNetwork", "SegmentationFeatures", "location_head_in_features"]
@@ -134,7 +135,8 @@ class MagicNetwork(nn.Module):
     * :meth:`locate` — location logits from (G, C5, *cube/16) bottleneck features.
 
     Args:
-        backbone: a :class:`~scdl_monai.networks.vnet.VNet` (MagicNet: ``n_filters=16``,
+        backbone: a :class:`~scdl_monai.networks.vnet.VNet` (or an
+            :class:`~scdl_monai.networks.prior_injection.SCDLNetwork` around one; MagicNet: ``n_filters=16``,
             ``norm="instance"``, ``init=None`` — the reference keeps PyTorch's default init).
         cube_size: cube edge (32 in the reference; int or per-axis triple).
         patch_size: training patch edge (96); ``patch/cube`` gives the grid and G = its product.
@@ -160,10 +162,11 @@ class MagicNetwork(nn.Module):
         hidden_features: int = _FC_HIDDEN,
     ) -> None:
         super().__init__()
-        if not isinstance(backbone, VNet):
+        bare = backbone.backbone if isinstance(backbone, SCDLNetwork) else backbone
+        if not isinstance(bare, VNet):
             raise TypeError(
-                f"MagicNetwork: `backbone` must be a scdl_monai.networks.vnet.VNet (encode/decode hooks), "
-                f"got {type(backbone).__name__}."
+                f"MagicNetwork: `backbone` must be a scdl_monai.networks.vnet.VNet (encode/decode hooks), or an "
+                f"SCDLNetwork around one, got {type(backbone).__name__}."
             )
         if backbone.spatial_dims != 3:
             raise ValueError(f"MagicNetwork: the backbone must be 3-D, got spatial_dims={backbone.spatial_dims}.")

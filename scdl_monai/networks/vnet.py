@@ -50,13 +50,27 @@ _PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
+def _initializable_modules(module: nn.Module, seen: set[int] | None = None):
+    """``module.modules()`` order, without the subtrees of modules that keep their initialisation."""
+    seen = set() if seen is None else seen
+    if id(module) in seen or getattr(module, "keeps_initialization", False):
+        return
+    seen.add(id(module))
+    yield module
+    for child in module.children():
+        yield from _initializable_modules(child, seen)
+
+
 def initialize_weights(module: nn.Module, scheme: str = "kaiming") -> nn.Module:
     """Re-initialise the convolution and normalisation weights of any module in place.
 
     Every ``nn.Conv1d/2d/3d`` (transposed convolutions are *not* touched) gets its weight drawn
     from Kaiming-normal (``fan_in``, gain √2) or Xavier-normal (gain 1); its bias keeps its value.
     Every affine BatchNorm/InstanceNorm/GroupNorm/LayerNorm gets ``weight=1, bias=0``. Running
-    statistics are left alone. Source: METHODS.md §1 (CPS: net A Kaiming, net B Xavier),
+    statistics are left alone. A sub-module whose class sets ``keeps_initialization = True`` (the
+    SCDL block and token extractor of a wrapped backbone) is skipped with its children, so wrapping
+    a backbone changes neither what this function draws from the random stream nor the wrapper's
+    own (zero-initialised) layers. Source: METHODS.md §1 (CPS: net A Kaiming, net B Xavier),
     ``HiLab-git/SSL4MIS:code/train_cross_pseudo_supervision_3D.py``.
 
     Args:
@@ -78,7 +92,7 @@ def initialize_weights(module: nn.Module, scheme: str = "kaiming") -> nn.Module:
     if not isinstance(scheme, str):
         raise TypeError(f"initialize_weights: `scheme` must be one of {INIT_SCHEMES}, got {scheme!r}.")
     scheme = look_up_option(scheme.lower(), INIT_SCHEMES)
-    for m in module.modules():
+    for m in _initializable_modules(module):
         if isinstance(m, _PLAIN_CONVS):
             if scheme == "kaiming":
                 nn.init.kaiming_normal_(m.weight)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from scdl_monai.methods.scdl import SCDLMethod
-from scdl_monai.networks.scdl_network import SCDLNetwork
+from scdl_monai.networks.prior_injection import SCDLNetwork
 
 from .conftest import bundle_workflow, config_files, run_torchrun, run_train, run_workflow, tiny, write_fake_synapse
 from .conftest import FAKE_SHAPE as SHAPE

@@ -1,6 +1,7 @@
-"""Tests for scdl_monai.methods.scdl (SCDL plug-in around a baseline method, METHODS.md §7)."""
+"""Tests for scdl_monai.methods.scdl (SCDL plug-in around a baseline method)."""
 
 import copy
+from unittest import mock
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from scdl_monai.methods.base import LogitMean, MethodOutput
 from scdl_monai.methods.cps import CPS
 from scdl_monai.methods.scdl import SCDLMethod, warmup_factor
 from scdl_monai.methods.supervised import Supervised
-from scdl_monai.networks.scdl_network import SCDLNetwork
+from scdl_monai.networks.class_distribution import token_weights_from_pseudo_label
+from scdl_monai.networks.prior_injection import SCDLNetwork, wrap_backbone
 from scdl_monai.networks.vnet import VNet
 
 C = 3
@@ -21,14 +23,25 @@ SHAPE = (32, 32, 32)
 SCDL_KW = {"z_dim": 8, "num_proxy_samples": 3}
 
 
-def cps(seed=0, **vnet_kwargs):
+def wrap(net, seed=1, **wrapper):
+    """The backbone built into an SCDL wrapper (as the bundle overlay does)."""
+    wrapper.setdefault("scdl_kwargs", SCDL_KW)
+    return SCDLNetwork(net, num_classes=C, init_seed=seed, **wrapper)
+
+
+def cps(seed=0, scdl=True, a_only=False, wrapper=None, **vnet_kwargs):
+    """CPS whose networks are SCDL wrappers (``scdl=False``: the plain baseline)."""
     torch.manual_seed(seed)
-    return CPS(VNet(out_channels=C, n_filters=4, **vnet_kwargs), VNet(out_channels=C, n_filters=4, **vnet_kwargs))
+    a, b = VNet(out_channels=C, n_filters=4, **vnet_kwargs), VNet(out_channels=C, n_filters=4, **vnet_kwargs)
+    if scdl:
+        a = wrap(a, 1, **(wrapper or {}))
+        b = b if a_only else wrap(b, 2, **(wrapper or {}))
+    return CPS(a, b)
 
 
 def scdl(base, **kwargs):
-    kwargs.setdefault("scdl_kwargs", SCDL_KW)
-    return SCDLMethod(base, num_classes=C, **kwargs)
+    kwargs.setdefault("warmup_iters", 1000)
+    return SCDLMethod(base, **kwargs)
 
 
 def batch(seed=0, n_l=1, n_u=1):
@@ -59,20 +72,50 @@ def _train(method, steps=3):
     return losses
 
 
-@pytest.mark.parametrize("off", [{"enabled": False}, {"proxy_weight": 0.0, "sac_weight": 0.0, "injection": "none"}])
+@pytest.mark.parametrize("off", [{"enabled": False}, {"proxy_weight": 0.0, "sac_weight": 0.0}])
 def test_switched_off_reproduces_the_baseline_bit_for_bit(off):
-    baseline = cps(has_dropout=True)
+    baseline = cps(scdl=False, has_dropout=True)
     losses_ref = _train(baseline)
-    plugged = scdl(cps(has_dropout=True), **off)  # SCDL blocks are built without touching the global RNG
+    # SCDL blocks are built without touching the global RNG; the baseline's init_b skips them
+    plugged = scdl(cps(has_dropout=True, wrapper={"injection": "none"}), **off)
     losses = _train(plugged)
     assert losses == losses_ref
     for name in ("network_a", "network_b"):
         ref = getattr(baseline, name).state_dict()
-        net = plugged.networks()[name]
-        got = (net.backbone if isinstance(net, SCDLNetwork) else net).state_dict()
+        got = plugged.networks()[name].backbone.state_dict()
         assert ref.keys() == got.keys()
         assert all(torch.equal(ref[k], got[k]) for k in ref), name
-    assert isinstance(plugged.networks()["network_a"], SCDLNetwork) == ("injection" in off)
+
+
+@pytest.mark.parametrize("method_name", ["cps", "dhc"])
+@pytest.mark.parametrize("injection", ["all_stages", "bottleneck", "head"])
+def test_scdl_x_starts_as_x(method_name, injection):
+    """Zero-initialised injection: at step 0 the SCDL networks compute exactly the baseline's logits."""
+    from scdl_monai.methods.dhc import DHC
+
+    def build(scdl_on):
+        torch.manual_seed(4)
+        nets = [VNet(out_channels=C, n_filters=4) for _ in range(2)]
+        if scdl_on:
+            nets = [wrap(n, k + 1, injection=injection) for k, n in enumerate(nets)]
+        return DHC(*nets, num_classes=C) if method_name == "dhc" else CPS(*nets)
+
+    x, y, u = batch(n_l=2, n_u=2)
+    baseline = build(False)
+    method = scdl(build(True), warmup_iters=0)
+    for name in ("network_a", "network_b"):
+        net = method.networks()[name]
+        assert all(torch.count_nonzero(p) == 0 for p in net.scdl.injection_projections.parameters())
+        image = torch.cat([x, u])
+        assert torch.equal(net(image), getattr(baseline, name)(image)), name
+    ref = baseline(x, y, u)
+    out = method(x, y, u)
+    assert torch.equal(out.pred, ref.pred)
+    for key in ("loss_sup", "loss_cps"):
+        assert torch.equal(out.terms[key], ref.terms[key]), key
+    assert out.terms["loss_scdl"] > 0
+    out.loss.backward()  # the projections learn from the first step on
+    assert all(p.grad.abs().sum() > 0 for p in method.network_a.scdl.injection_projections.parameters())
 
 
 # ---------------------------------------------------------------- loss terms and warm-up
@@ -103,7 +146,7 @@ def test_terms_are_finite_and_the_warmup_ramps_linearly():
 
 
 def test_sac_gradient_reaches_only_the_proxy_means():
-    method = scdl(cps(), injection="none", proxy_weight=0.0, sac_weight=1.0, warmup_iters=0)
+    method = scdl(cps(wrapper={"injection": "none"}), proxy_weight=0.0, sac_weight=1.0, warmup_iters=0)
     x, y, u = batch()
     out = method(x, y, u)
     out.loss.backward()
@@ -136,7 +179,7 @@ def test_masked_image_and_feature_pool_both_run_and_masked_keeps_bn_statistics()
 
 
 def test_pseudo_label_token_weights_and_paper_forms_run():
-    method = scdl(cps(), token_weights_unlabeled="pseudo_label", p2e_form="paper", e2p_form="paper", warmup_iters=0)
+    method = scdl(cps(), unlabeled_target="pseudo_label", p2e_form="paper", e2p_form="paper", warmup_iters=0)
     out = method(*batch())
     assert torch.isfinite(out.loss) and out.terms["scdl_p2e"] > 0
 
@@ -161,15 +204,19 @@ def test_resume_restores_the_warmup_counter():
         method(x, y, u)
     state = method.state_dict()
     assert state["scdl_iteration"].item() == 2
-    resumed = scdl(cps(seed=3), warmup_iters=10)
+    resumed = scdl(cps(seed=3), warmup_iters=10)  # different initial weights, all overwritten
     resumed.load_state_dict(state)
     assert resumed.scdl_iteration.item() == 2
     assert resumed(x, y, u).terms["scdl_warmup"].item() == pytest.approx(0.3)
 
 
 def test_a_only_wraps_only_network_a():
-    method = scdl(cps(), networks="A_only")
+    method = scdl(cps(a_only=True), networks="A_only")
     assert method.targets == ("network_a",)
+    with pytest.raises(ValueError, match="networks='all'"):
+        scdl(cps(a_only=True))  # the config and the wrapping disagree
+    with pytest.raises(ValueError, match="networks"):
+        scdl(cps(), networks="B_only")
     assert isinstance(method.network_a, SCDLNetwork) and type(method.network_b) is VNet
     out = method(*batch())
     assert torch.isfinite(out.terms["loss_scdl"])
@@ -179,7 +226,7 @@ def test_a_only_wraps_only_network_a():
 
 @pytest.mark.parametrize("use_prior", [True, False])
 def test_inference_network_uses_priors_per_config(use_prior):
-    method = scdl(cps(), use_prior_at_inference=use_prior).eval()
+    method = scdl(cps(wrapper={"use_prior_at_inference": use_prior})).eval()
     for net in method.wrapped_networks().values():
         for proj in net.scdl.injection_projections:
             nn.init.normal_(proj.weight)
@@ -203,24 +250,26 @@ def test_delegates_to_the_base_method():
 
 
 # ---------------------------------------------------------------- record selection and errors
-class ShiftedSupervised(Supervised):
-    """Feeds the network a shifted image only: no call starts with the labeled batch."""
+class DoubledSupervised(Supervised):
+    """Calls the network on the unlabeled batch first, then on the labeled one."""
 
     def forward(self, image_l, label_l, image_u=None):
-        logits = self.net("network")(image_l + 1.0)
+        self.net("network")(torch.cat([image_u] * 5))
+        logits = self.net("network")(image_l)
         loss = self.loss(logits, label_l)
         return MethodOutput(loss, logits.detach(), {"loss_sup": loss.detach()})
 
 
-def test_unmatched_calls_raise_and_record_call_selects_explicitly():
+def test_a_call_without_the_batch_layout_raises_and_record_call_selects_explicitly():
     torch.manual_seed(0)
-    x, y, _ = batch(n_l=2)
-    method = scdl(ShiftedSupervised(VNet(out_channels=C, n_filters=4)))
+    x, y, u = batch(n_l=2)
+    method = scdl(DoubledSupervised(wrap(VNet(out_channels=C, n_filters=4))))
     with pytest.raises(ValueError, match="record_call"):
-        method(x, y, None)
-    torch.manual_seed(0)
-    method = scdl(ShiftedSupervised(VNet(out_channels=C, n_filters=4)), record_call=0)
-    assert torch.isfinite(method(x, y, None).terms["loss_scdl"])
+        method(x, y, u)  # call 0 holds 5 images: neither B_l nor B_l + B_u
+    method = scdl(DoubledSupervised(wrap(VNet(out_channels=C, n_filters=4))), record_call=1)
+    assert torch.isfinite(method(x, y, u).terms["loss_scdl"])
+    with pytest.raises(ValueError, match="record_call=2"):
+        scdl(DoubledSupervised(wrap(VNet(out_channels=C, n_filters=4))), record_call=2)(x, y, u)
 
 
 def test_bad_options_name_the_argument():
@@ -228,12 +277,24 @@ def test_bad_options_name_the_argument():
         scdl(cps(), sac_mode="masked")
     with pytest.raises(ValueError, match="warmup_iters"):
         scdl(cps(), warmup_iters=-1)
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        scdl(cps(), warmup_fraction=1.5)
     with pytest.raises(ValueError, match="proxy_weight"):
         scdl(cps(), proxy_weight=-0.3)
-    with pytest.raises(ValueError, match="networks"):
-        scdl(cps(), networks="B_only")
+    with pytest.raises(ValueError, match="token_scope"):
+        scdl(cps(), token_scope="unlabeled")
+    with pytest.raises(ValueError, match="unlabeled_target"):
+        scdl(cps(), unlabeled_target="peer")
+    with pytest.raises(ValueError, match="balanced_p2e"):
+        scdl(cps(), balanced_p2e=True, p2e_form="paper")
+    with pytest.raises(ValueError, match="SCDLNetwork"):
+        scdl(cps(scdl=False))  # nothing wrapped
+    with pytest.raises(ValueError, match="num_classes"):
+        scdl(cps(), num_classes=C + 1)
     with pytest.raises(TypeError, match="base_method"):
         SCDLMethod(nn.Linear(1, 1), num_classes=C)
+    with pytest.raises(ValueError, match="warmup_iters"):  # a warm-up fraction needs the engine's run length
+        SCDLMethod(cps())(*batch())
 
 
 # ---------------------------------------------------------------- other baselines
@@ -243,8 +304,8 @@ def test_plugs_into_dhc_and_ga_cps():
     x, y, u = batch()
     torch.manual_seed(0)
     for base in (
-        dhc_mod.DHC(VNet(out_channels=C, n_filters=4), VNet(out_channels=C, n_filters=4), num_classes=C),
-        ga_mod.GACPS(VNet(out_channels=C, n_filters=4), VNet(out_channels=C, n_filters=4)),
+        dhc_mod.DHC(wrap(VNet(out_channels=C, n_filters=4), 1), wrap(VNet(out_channels=C, n_filters=4), 2), num_classes=C),
+        ga_mod.GACPS(wrap(VNet(out_channels=C, n_filters=4), 1), wrap(VNet(out_channels=C, n_filters=4), 2)),
     ):
         method = scdl(base, warmup_iters=0)
         out = method(x, y, u)
@@ -252,20 +313,34 @@ def test_plugs_into_dhc_and_ga_cps():
         out.loss.backward()
 
 
-def test_plugs_into_magicnet_with_an_scdl_teacher():
+@pytest.mark.parametrize("injection", ["head", "all_stages"])
+def test_plugs_into_magicnet_with_an_scdl_teacher(injection):
     mn_mod = pytest.importorskip("scdl_monai.methods.magicnet")
     net_mod = pytest.importorskip("scdl_monai.networks.magicnet")
     torch.manual_seed(0)
-    student = net_mod.MagicNetwork(VNet(out_channels=C, n_filters=4), cube_size=16, patch_size=32, hidden_features=16)
-    method = scdl(mn_mod.MagicNet(student, num_classes=C), injection="head", warmup_iters=0)
-    assert method.targets == ("student.backbone",) and method.ema_copies == ("teacher",)
+    backbone = wrap(VNet(out_channels=C, n_filters=4), injection=injection)
+    student = net_mod.MagicNetwork(backbone, cube_size=16, patch_size=32, hidden_features=16)
+    method = scdl(mn_mod.MagicNet(student, num_classes=C), warmup_iters=0)
+    assert method.targets == ("student.backbone",)
+    # the EMA teacher is a deep copy of the wrapper, made by the baseline itself
     assert isinstance(method.teacher, SCDLNetwork) and not any(p.requires_grad for p in method.teacher.parameters())
-    out = method(*batch(n_l=2, n_u=2))
+    for proj in method.student.backbone.scdl.injection_projections:
+        nn.init.normal_(proj.weight)  # a learnt prior, so that its presence shows in the outputs
+    with mock.patch.object(backbone, "decode", wraps=backbone.decode) as decode:
+        out = method(*batch(n_l=2, n_u=2))
+    # plain pass, cross-image pass and within-image cube pass all decode through the wrapper (prior added)
+    assert [c.args[0][0].shape[0] for c in decode.call_args_list] == [4, 4, 4 * 8]
     assert torch.isfinite(out.terms["loss_scdl"]) and out.terms["loss_scdl"] > 0
     out.loss.backward()
     method.update_teacher(0)  # EMA over matching names, SCDL parameters included
     assert torch.equal(method.teacher.scdl.proxies, method.student.backbone.scdl.proxies)
     assert isinstance(method.inference_network(), SCDLNetwork)
+    # the teacher (train mode, no_grad) runs its SCDL block deterministically: same pseudo-labels twice
+    x = batch()[0]
+    with torch.no_grad():
+        assert torch.equal(method.teacher(x), method.teacher(x))
+    teacher = copy.deepcopy(method.teacher).requires_grad_(True)
+    assert not torch.equal(teacher(x), teacher(x))  # with gradients: proxy samples, token noise, dropout
 
 
 # ---------------------------------------------------------------- optimizer hook and bundle overlay
@@ -283,6 +358,11 @@ def test_add_scdl_param_groups_moves_scdl_parameters_into_their_own_group():
     assert not scdl_ids & {id(p) for p in opt.param_groups[0]["params"]}
     g = opt.param_groups[1]
     assert (g["weight_decay"], g["lr"], g["momentum"], g["nesterov"]) == (1e-4, 0.02, 0.9, True)
+    # an lr factor scales the SCDL group; a scheduler built afterwards scales it like the others
+    opt = add_scdl_param_groups(torch.optim.SGD(method.parameters(), lr=0.02), method, scdl_lr_factor=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01, 0.001])
+    assert sched.base_lrs == pytest.approx([0.02, 0.002])
 
 
 def _components():
@@ -306,7 +386,7 @@ def _parser(files, overrides):
     return parser
 
 
-@pytest.mark.parametrize("method_name", ["cps", "dhc", "ga_cps", "magicnet"])
+@pytest.mark.parametrize("method_name", ["cps", "dhc", "ga_cps", "magicnet", "genericssl"])
 def test_scdl_overlay_composes_on_baselines(method_name):
     root = _components()
     if not (root / "methods" / method_name / "train.json").is_file():
@@ -315,7 +395,12 @@ def test_scdl_overlay_composes_on_baselines(method_name):
     extra = {"location_hidden_features": 16} if method_name == "magicnet" else {}
     train = _parser(base + [root / "methods" / method_name / "train.json", root / "scdl" / "train.json"], {**TINY, **extra})
     method = train.get_parsed_content("method")
-    assert isinstance(method, SCDLMethod) and method.targets
+    expected = {"magicnet": ("student.backbone",), "genericssl": ("network",)}.get(method_name, ("network_a", "network_b"))
+    assert isinstance(method, SCDLMethod) and method.targets == expected
+    # the wrappers are built around the backbones in the config: no copy was guessed afterwards
+    assert method.wrapped_networks()[expected[0]] is train.get_parsed_content("network")
+    if method_name == "magicnet":
+        assert isinstance(method.teacher, SCDLNetwork)
     opt = train.get_parsed_content("optimizer")
     sched = train.get_parsed_content("lr_scheduler")
     scdl_group = [g for g in opt.param_groups if g.get("scdl")]
@@ -334,6 +419,32 @@ def test_scdl_overlay_composes_on_baselines(method_name):
     standalone.load_state_dict(train.get_parsed_content("inference_network").state_dict(), strict=True)
 
 
+def test_every_switch_is_a_top_level_override():
+    root = _components()
+    files = [root / "train.json", root / "datasets" / "synapse.json", root / "backbones" / "vnet.json",
+             root / "methods" / "dhc" / "train.json", root / "scdl" / "train.json"]  # fmt: skip
+    overrides = {
+        **TINY, "scdl_networks": "A_only", "scdl_token_scope": "labeled", "scdl_proxy_weight": 0.03,
+        "scdl_sac_weight": 0.01, "scdl_unlabeled_target": "peer_pseudo_label", "scdl_pseudo_label_threshold": 0.8,
+        "scdl_token_stage": 2, "scdl_balanced_p2e": True, "scdl_detach_prior": True, "scdl_lr_factor": 0.5,
+        "scdl_warmup_fraction": 0.1, "scdl_injection": "head",
+    }  # fmt: skip
+    train = _parser(files, overrides)
+    method = train.get_parsed_content("method")
+    assert method.targets == ("network_a",) and type(method.network_b) is VNet
+    net = method.network_a
+    assert (net.token_stage, net.detach_prior, net.injection) == (2, True, "head")
+    assert (method.token_scope, method.proxy_weight, method.sac_weight) == ("labeled", 0.03, 0.01)
+    assert (method.unlabeled_target, method.pseudo_label_threshold, method.warmup_fraction) == ("peer_pseudo_label", 0.8, 0.1)
+    assert method.proxy_loss.p2e.balanced
+    opt = train.get_parsed_content("lr_scheduler").optimizer  # the scheduler adds the SCDL group
+    base_group, scdl_group = opt.param_groups
+    assert scdl_group["lr"] == pytest.approx(0.5 * base_group["lr"])
+    x, y, u = batch()
+    with torch.no_grad():
+        assert method.network_a.encoder_scdl(x).prior.shape[2:] == (8, 8, 8)  # x3: patch/4 tokens
+
+
 # ---------------------------------------------------------------- DDP (2 CPU processes, gloo)
 DDP_SCRIPT = """
 import os, sys, socket, torch, torch.distributed as dist, torch.multiprocessing as mp
@@ -344,7 +455,7 @@ def run(rank, port):
     torch.set_num_threads(1)
     import test_scdl as T
     for injection in ("all_stages", "none"):
-        method = T.scdl(T.cps(), injection=injection, warmup_iters=0).wrap_ddp()
+        method = T.scdl(T.cps(wrapper={{"injection": injection}}), warmup_iters=0).wrap_ddp()
         opt = torch.optim.SGD(method.param_groups(), lr=0.1)
         method(*T.batch(seed=rank)).loss.backward()  # different data per rank
         opt.step()
@@ -375,11 +486,13 @@ def test_ddp_two_processes_keep_ranks_in_sync(tmp_path):
     assert "DDP_OK" in result.stdout, result.stderr[-3000:]
 
 
-def _genericssl(seed=0):
+def _genericssl(seed=0, scdl_on=True, **wrapper):
+    wrapper.setdefault("scdl_kwargs", SCDL_KW)
     gssl = pytest.importorskip("scdl_monai.methods.genericssl")
     diffvnet = pytest.importorskip("scdl_monai.networks.diffvnet")
     torch.manual_seed(seed)
-    return gssl.GenericSSL(diffvnet.DiffVNet(out_channels=C, n_filters=4), num_classes=C)
+    network = diffvnet.DiffVNet(out_channels=C, n_filters=4)
+    return gssl.GenericSSL(wrap_backbone(network, enabled=scdl_on, num_classes=C, init_seed=1, **wrapper), num_classes=C)
 
 
 def test_plugs_into_genericssl_tokens_from_the_shared_encoder_prior_into_d_theta():
@@ -393,7 +506,10 @@ def test_plugs_into_genericssl_tokens_from_the_shared_encoder_prior_into_d_theta
     # the proxy loss trains the SCDL block and, through the labeled tokens, the shared encoder
     assert net.scdl.proxies.grad is not None and net.scdl.proxies.grad.abs().sum() > 0
     assert net.backbone.encoder.stages[2].units[0].conv.weight.grad.abs().sum() > 0
-    # the prior reaches D_theta: with injection the inference output differs from the bare DiffVNet's
+    # the prior reaches D_theta: once the (zero-initialised) projections have learnt, the inference
+    # output differs from the bare DiffVNet's
+    for proj in net.scdl.injection_projections:
+        nn.init.normal_(proj.weight)
     net.eval()
     with torch.no_grad():
         assert not torch.allclose(net(x), net.backbone(x))
@@ -401,17 +517,65 @@ def test_plugs_into_genericssl_tokens_from_the_shared_encoder_prior_into_d_theta
 
 def test_genericssl_recorded_labeled_pass_fails_with_a_hint():
     method = scdl(_genericssl(), labeled_pass="recorded", warmup_iters=0)
-    with pytest.raises(ValueError, match="labeled_pass='encoder'"):
-        method.train_step(None, *batch(n_l=2, n_u=2))
+    with pytest.raises(ValueError, match="labeled_pass='encoder'"):  # D_theta's call holds the 3 unlabeled images
+        method.train_step(None, *batch(n_l=2, n_u=3))
 
 
 def test_genericssl_switched_off_is_the_baseline():
     x, y, u = batch(n_l=2, n_u=2)
-    ref = _genericssl(seed=3)
+    ref = _genericssl(seed=3, scdl_on=False)
     torch.manual_seed(5)
     expected = ref.train_step(None, x, y, u)
-    method = scdl(_genericssl(seed=3), proxy_weight=0.0, sac_weight=0.0, injection="none")
+    method = scdl(_genericssl(seed=3, injection="none"), proxy_weight=0.0, sac_weight=0.0)
     torch.manual_seed(5)
     got = method.train_step(None, x, y, u)
     assert torch.equal(got.loss.detach(), expected.loss.detach())
     assert torch.equal(got.pred, expected.pred)
+
+
+# ---------------------------------------------------------------- token scope and unlabeled targets
+def _proxy_inputs(method, x, y, u):
+    with mock.patch.object(method.proxy_loss, "terms", wraps=method.proxy_loss.terms) as terms:
+        out = method(x, y, u)
+    return out, [c.args for c in terms.call_args_list]
+
+
+def test_token_scope_labeled_uses_only_labeled_tokens():
+    x, y, u = batch(n_l=1, n_u=2)
+    _, calls = _proxy_inputs(scdl(cps(), warmup_iters=0), x, y, u)
+    assert [c[0].shape[0] for c in calls] == [3, 3]  # A and B: labeled + unlabeled samples
+    _, calls = _proxy_inputs(scdl(cps(), warmup_iters=0, token_scope="labeled"), x, y, u)
+    assert [c[0].shape[0] for c in calls] == [1, 1]
+
+
+def test_peer_pseudo_labels_come_from_the_other_network_with_a_threshold():
+    x, y, u = batch(n_l=1, n_u=2)
+    torch.manual_seed(2)
+    labeled = scdl(cps(), warmup_iters=0, token_scope="labeled")(x, y, u)
+    torch.manual_seed(2)
+    method = scdl(cps(), warmup_iters=0, unlabeled_target="peer_pseudo_label", pseudo_label_threshold=1.0)
+    assert method.peers == {"network_a": "network_b", "network_b": "network_a"}
+    out, calls = _proxy_inputs(method, x, y, u)
+    masks = [c[4] for c in calls]
+    assert all(m.shape == (3, 64) and m[:1].all() and not m[1:].any() for m in masks)  # nothing is that confident
+    assert torch.allclose(out.terms["scdl_p2e"], labeled.terms["scdl_p2e"], atol=1e-6)
+    # with a reachable threshold the peer's argmax becomes the target of the unlabeled tokens
+    method = scdl(cps(a_only=True), networks="A_only", warmup_iters=0, unlabeled_target="peer_pseudo_label",
+                  pseudo_label_threshold=0.0)
+    with mock.patch.object(method.proxy_loss, "terms", wraps=method.proxy_loss.terms) as terms:
+        with torch.no_grad():
+            peer_logits = method.network_b(torch.cat([x, u]))
+        method(x, y, u)
+    weights = terms.call_args_list[0].args[1]
+    expected = token_weights_from_pseudo_label(peer_logits[1:], (4, 4, 4))
+    assert torch.allclose(weights[1:], expected)
+    with pytest.raises(ValueError, match="two networks"):
+        scdl(_genericssl(), unlabeled_target="peer_pseudo_label")
+
+
+def test_warmup_is_a_fraction_of_the_engine_run():
+    method = scdl(cps(), warmup_iters=None, warmup_fraction=0.25)
+    engine = type("E", (), {"state": type("S", (), {"max_epochs": 2, "epoch_length": 8})()})()
+    assert method.warmup_length(engine) == 4
+    assert method.train_step(engine, *batch()).terms["scdl_warmup"].item() == pytest.approx(0.25)
+    assert scdl(cps(), warmup_iters=None, warmup_fraction=0.0).warmup_length() == 0

@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.networks.scdl (SCDL block, METHODS.md §7; paper 004 §2.1)."""
+"""Tests for scdl_monai.networks.class_distribution (the SCDL block; paper arXiv 2603.05202 §2.1)."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 
-from scdl_monai.networks.scdl import (
+from scdl_monai.networks.class_distribution import (
     SCDL,
     SCDLOutput,
     TokenExtractor,
@@ -282,7 +282,9 @@ def test_injection_into_vnet_all_stages():
     torch.manual_seed(0)
     net = VNet(spatial_dims=3, in_channels=1, out_channels=3, n_filters=4).train()
     extractor = TokenExtractor("encoder", in_channels=net.feature_channels[3], x_dim=4)
-    scdl = SCDL(num_classes=3, x_dim=4, z_dim=8, num_proxy_samples=4, injection_channels=net.decoder_channels)
+    scdl = SCDL(
+        num_classes=3, x_dim=4, z_dim=8, num_proxy_samples=4, injection_channels=net.decoder_channels, zero_init_injection=False
+    )
     x = torch.randn(2, 1, 32, 32, 16)
     features = net.encode(x)
     out = scdl(extractor(features[3]))  # x4 is at 1/8: token grid 4x4x2
@@ -315,3 +317,71 @@ def test_class_statistics_stay_float32_under_bf16_autocast():
     for name in ("z_normalized", "assignment", "similarity", "probs", "probs_p2e", "prior"):
         assert getattr(out, name).dtype == torch.float32, name
     assert torch.allclose(out.probs.sum(-1), torch.ones(()), atol=1e-6)
+
+
+def _identity_projector(block):
+    """Tokens are their own embeddings (x_dim == z_dim), to place a token exactly at a class mean."""
+    block.projector = torch.nn.Sequential(torch.nn.Identity())
+    return block
+
+
+def test_a_token_at_its_class_mean_gets_the_same_prior_in_training_and_evaluation():
+    torch.manual_seed(0)
+    d, c = 16, 6
+    block = _identity_projector(SCDL(num_classes=c, x_dim=d, z_dim=d, num_proxy_samples=50))
+    mu, _ = block.proxy_parameters()
+    tokens = mu.detach().t().reshape(1, d, c, 1, 1)  # token k sits at the mean of class k
+    block.train()
+    torch.manual_seed(1)
+    train = block(tokens).prior[:, : 2 * d]  # r_dist and r_center (z_sam carries token noise in training)
+    block.eval()
+    evaluated = block(tokens).prior[:, : 2 * d]
+    assert torch.allclose(train, evaluated, atol=1e-6)
+    # and it is the proxy-mean weighting: own class dominant, not the near-uniform sampled cosines
+    mu_hat = F.normalize(mu.detach(), dim=-1)
+    weights = torch.softmax(mu_hat @ mu_hat.t() / 0.2, dim=-1)
+    assert weights.diagonal().min() > 0.5
+    r_dist = (weights @ mu.detach()).t().reshape(1, d, c, 1, 1)
+    assert torch.allclose(evaluated[:, :d], r_dist, atol=1e-6)
+    # the sampled assignment of the losses still uses proxy samples in training
+    block.train()
+    assert not torch.allclose(block(tokens).assignment, block.eval()(tokens).assignment)
+
+
+def test_injection_projections_start_at_zero_unless_asked():
+    block = SCDL(num_classes=3, x_dim=4, z_dim=8, injection_channels=(8, 4))
+    assert all(torch.count_nonzero(p.weight) == 0 for p in block.injection_projections)
+    prior = block(torch.randn(1, 4, 2, 2, 2)).prior
+    assert all(torch.count_nonzero(t) == 0 for t in block.project_prior(prior, [(4, 4, 4), (8, 8, 8)]))
+    block = SCDL(num_classes=3, x_dim=4, z_dim=8, injection_channels=(8, 4), zero_init_injection=False)
+    assert all(torch.count_nonzero(p.weight) > 0 for p in block.injection_projections)
+    with pytest.raises(ValueError, match="zero_init_injection"):
+        SCDL(num_classes=3, zero_init_injection="yes")
+
+
+def test_a_deterministic_call_in_training_mode_equals_evaluation():
+    torch.manual_seed(0)
+    block = SCDL(num_classes=3, x_dim=4, z_dim=8, num_proxy_samples=5).train()
+    tokens = torch.randn(2, 4, 2, 2, 2)
+    det = block(tokens, stochastic=False)
+    ref = block.eval()(tokens)
+    for a, b in zip(det, ref):
+        assert torch.equal(a, b)
+    block.train()
+    assert not torch.equal(block(tokens).prior, block(tokens).prior)
+
+
+def test_confident_pseudo_label_weights_and_mask():
+    from scdl_monai.networks.class_distribution import token_weights_from_confident_pseudo_label, token_weights_from_pseudo_label
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, 8) * 3
+    w0, m0 = token_weights_from_confident_pseudo_label(logits, (2, 2, 2), threshold=0.0)
+    assert m0.all() and torch.allclose(w0, token_weights_from_pseudo_label(logits, (2, 2, 2)))
+    w, m = token_weights_from_confident_pseudo_label(logits, (2, 2, 2), threshold=0.99)
+    assert torch.allclose(w[m].sum(-1), torch.ones(int(m.sum())))
+    confident = torch.softmax(logits, 1).max(1).values >= 0.99
+    per_token = F.adaptive_avg_pool3d(confident.float()[:, None], (2, 2, 2)).flatten(1)
+    assert torch.equal(m, per_token > 0)
+    with pytest.raises(ValueError, match="threshold"):
+        token_weights_from_confident_pseudo_label(logits, (2, 2, 2), threshold=1.5)

@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.losses.scdl (CDBA and SAC losses, METHODS.md §7; paper 004 Eqs. 3, 4, 8, 9)."""
+"""Tests for scdl_monai.losses.class_distribution_loss (CDBA and SAC losses; paper arXiv 2603.05202 Eqs. 3, 4, 8, 9)."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scdl_monai.losses.scdl import (
+from scdl_monai.losses.class_distribution_loss import (
     E2PLoss,
     P2ELoss,
     ProxyLoss,
@@ -14,7 +14,7 @@ from scdl_monai.losses.scdl import (
     sac_anchors_feature_pool,
     sac_anchors_masked_image,
 )
-from scdl_monai.networks.scdl import SCDL, TokenExtractor, token_weights_from_assignment, token_weights_from_labels
+from scdl_monai.networks.class_distribution import SCDL, TokenExtractor, token_weights_from_assignment, token_weights_from_labels
 from scdl_monai.networks.vnet import VNet
 
 # Two tokens, two classes: token 0 is class 0, token 1 is class 1.
@@ -246,3 +246,34 @@ def test_masked_image_anchors_restore_modes_on_error():
     with pytest.raises(RuntimeError, match="boom"):
         sac_anchors_masked_image(broken, torch.zeros(1, 1, 16, 16, 16), labels, 2, modules=net)
     assert all(m.training for m in net.modules())
+
+
+def test_p2e_and_e2p_masks_drop_tokens():
+    torch.manual_seed(0)
+    a, w = torch.rand(2, 5, 3) * 2 - 1, torch.softmax(torch.randn(2, 5, 3), -1)
+    mask = torch.tensor([[True, False, True, True, False], [False, True, True, True, True]])
+    for form in ("code", "paper"):
+        assert torch.allclose(P2ELoss(form)(a, w, mask), P2ELoss(form)(a[mask], w[mask]), atol=1e-6)
+    assert torch.allclose(E2PLoss()(a, w, mask=mask), E2PLoss()(a[mask], w[mask]), atol=1e-6)
+    assert torch.allclose(P2ELoss()(a, w, torch.ones(2, 5, dtype=torch.bool)), P2ELoss()(a, w), atol=1e-6)
+    with pytest.raises(ValueError, match="mask"):
+        P2ELoss()(a, w, mask[:, :3])
+
+
+def test_balanced_p2e_normalises_positive_and_negative_mass_per_class():
+    # class 1 fills one token of ten: unbalanced, its positive term weighs 1/10; balanced, 1/2
+    a = torch.full((10, 2), 0.3)
+    w = torch.zeros(10, 2)
+    w[:, 0] = 1.0
+    w[0] = torch.tensor([0.0, 1.0])
+    per_class = P2ELoss(balanced=True, reduction="none")(a, w)
+    e = math.exp
+    assert per_class.tolist() == pytest.approx([(e(-0.3) + e(0.3)) / 2] * 2, rel=1e-6)
+    plain = P2ELoss(reduction="none")(a, w)
+    assert plain[1].item() == pytest.approx((e(-0.3) + 9 * e(0.3)) / 10, rel=1e-6)
+    # a class without any positive token keeps only its negative half
+    w2 = torch.zeros(4, 2)
+    w2[:, 0] = 1.0
+    assert P2ELoss(balanced=True, reduction="none")(torch.full((4, 2), 0.3), w2)[1].item() == pytest.approx(e(0.3))
+    with pytest.raises(ValueError, match="balanced"):
+        P2ELoss("paper", balanced=True)

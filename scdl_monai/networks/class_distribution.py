@@ -5,16 +5,16 @@ every class ``c`` (background included) as a diagonal Gaussian ``N(μ_c, diag(σ
 ``D``-dimensional embedding space, softly assigns token embeddings to the classes, and turns the
 assignments into priors that are added to the decoder of the host segmentation network.
 
-This module holds the *network* side only (METHODS.md §7; constants checked against the released
-module ``Zyh55555/SCDL:networks/SCDL.py``):
+This module holds the *network* side only (constants checked against the released module
+``Zyh55555/SCDL:networks/SCDL.py``):
 
 * :class:`SCDL` — projector MLP, learnable proxies, proxy sampling, assignments, priors and the
   per-stage 1×1(×1) prior projections; its :meth:`SCDL.forward` returns an :class:`SCDLOutput`
-  of tensors, never losses (the losses live in :mod:`scdl_monai.losses.scdl`);
+  of tensors, never losses (the losses live in :mod:`scdl_monai.losses.class_distribution_loss`);
 * :class:`TokenExtractor` — turns a backbone feature map into the token map fed to :class:`SCDL`;
-* :func:`token_weights_from_labels`, :func:`token_weights_from_pseudo_label` and
-  :func:`token_weights_from_assignment` — the per-token class weights ``w_{t,c}`` of the
-  alignment losses.
+* :func:`token_weights_from_labels`, :func:`token_weights_from_pseudo_label`,
+  :func:`token_weights_from_confident_pseudo_label` and :func:`token_weights_from_assignment` —
+  the per-token class weights ``w_{t,c}`` of the alignment losses.
 
 Tokens are the cells of a regular grid over the patch (patch/8 per axis in the paper's setting,
 e.g. 96³ → 12³ = 1728 tokens). Everything here is dimension-generic (1-, 2- or 3-D grids).
@@ -39,10 +39,12 @@ __all__ = [
     "EVAL_PROXY_MODES",
     "token_weights_from_labels",
     "token_weights_from_pseudo_label",
+    "token_weights_from_confident_pseudo_label",
     "token_weights_from_assignment",
 ]
 
-#: Where :class:`TokenExtractor` takes its tokens from (METHODS.md §7, "Token source").
+#: Where :class:`TokenExtractor` takes its tokens from (paper §2.1: encoder embeddings; released
+#: inference scripts: the pooled last decoder feature).
 TOKEN_SOURCES = ("encoder", "decoder_final")
 #: How :class:`SCDL` computes the mean assignment in eval mode (see its ``eval_proxy_samples``).
 EVAL_PROXY_MODES = ("mean", "sample")
@@ -57,7 +59,8 @@ class SCDLOutput(NamedTuple):
         z: token embeddings ``z = MLP(x)``, ``(B, L, D)``.
         z_normalized: ``ẑ = z / ‖z‖``, ``(B, L, D)``.
         assignment: mean cosine to the proxy samples ``ā_{t,c} = mean_s cos(ẑ_t, z̃_{c,s})``,
-            ``(B, L, C)``; used by the code-form losses and the distribution-weighted prior.
+            ``(B, L, C)``, in a stochastic call; ``cos(ẑ_t, μ̂_c)`` in a deterministic one. Used
+            by the code-form alignment losses.
         similarity: cosine to the proxy means ``cos(ẑ_t, μ̂_c)``, ``(B, L, C)``.
         probs: ``P(c|t) = softmax_c(cos(ẑ_t, μ̂_c) / τ_e2p)``, ``(B, L, C)``.
         probs_p2e: the same softmax with ``τ_p2e`` (identical to ``probs`` when the temperatures
@@ -126,7 +129,7 @@ def _shape_of(owner: str, name: str, target, spatial_dims: int) -> tuple[int, ..
 
 
 class SCDL(nn.Module):
-    """Class-distribution block of SCDL (paper §2.1, METHODS.md §7): proxies, assignments, priors.
+    """Class-distribution block of SCDL (paper §2.1): proxies, assignments, priors.
 
     Computation for a token map ``x`` of shape ``(B, x_dim, *grid)`` (``L = prod(grid)`` tokens):
 
@@ -135,29 +138,46 @@ class SCDL(nn.Module):
     * proxies: one learnable ``[C, 2D]`` matrix (Xavier-uniform, gain 1); ``μ`` = its first ``D``
       columns, ``σ = softplus(rest)``;
     * proxy samples ``z̃_{c,s} = normalize(μ_c + σ_c ⊙ ε_{c,s})``, ``ε ~ N(0, I)``,
-      ``s = 1..num_proxy_samples``, drawn afresh every call;
+      ``s = 1..num_proxy_samples``, drawn afresh every stochastic call;
     * mean assignment ``ā_{t,c} = mean_s cos(ẑ_t, z̃_{c,s}) = ẑ_t · mean_s z̃_{c,s}`` (cosine is
       linear in the unit sample, so the ``(B, L, C, S)`` tensor of the reference is never built);
+      used by the code-form alignment losses;
     * ``P(c|t) = softmax_c(cos(ẑ_t, μ̂_c) / τ_e2p)`` (paper Eq. 2 has no temperature; the
       reference uses 0.2);
     * priors (paper Eqs. 5–7):
 
-      - distribution-weighted ``r_dist_t = Σ_c softmax_c(ā_{t,c} / τ_dist) · μ_c`` (paper Eq. 5,
-        absent from the released code). The paper's softmax has no temperature; with cosines in
-        [-1, 1] and 14 classes that is nearly uniform, so ``τ_dist`` (default 0.2, METHODS.md §7)
-        is configurable — ``tau_dist=1`` gives Eq. 5 exactly;
+      - distribution-weighted ``r_dist_t = Σ_c softmax_c(cos(ẑ_t, μ̂_c) / τ_dist) · μ_c``, computed
+        **the same way in training and evaluation**. Eq. 5 weights by the mean cosine to ``S``
+        samples of each proxy; with ``σ = softplus(0) ≈ 0.69`` per dimension at initialisation a
+        sample's norm is dominated by its noise, so those cosines are ~10× smaller than the cosine
+        to the mean and the weights nearly uniform, while an evaluation pass cannot sample without
+        becoming random. Weighting by the proxy means in both modes keeps the decoder's input
+        distribution identical between training and inference (for a token at its class mean the
+        own-class weight no longer jumps from ~0.1 in training to ~0.9 in evaluation). The paper's
+        softmax has no temperature; ``τ_dist`` (default 0.2, like the released ``tau_e2p``) is
+        configurable — ``tau_dist=1`` removes it;
       - center-similarity ``r_center_t = normalize(Σ_c softmax_c(cos(ẑ_t, μ̂_c)/τ_p2e) · μ̂_c)``
         (reference ``prior_p2e_tok``; paper Eq. 6 has unit temperature and un-normalised ``μ``);
       - token sampling ``z_sam_t = normalize(mean_e normalize(z_t + ε_e ⊙ σ_emb))``,
-        ``e = 1..num_token_samples``, learnable ``σ_emb ∈ R^D``; ``ε = 0`` in eval mode, so there
-        ``z_sam = ẑ`` (deterministic inference, METHODS.md §7);
+        ``e = 1..num_token_samples``, learnable ``σ_emb ∈ R^D``; ``ε = 0`` in a deterministic
+        call, so there ``z_sam = ẑ``;
       - ``z_prior = concat(r_dist, r_center, z_sam)`` — ``3·D`` channels on the token grid.
 
-    Injection (METHODS.md §7, paper §2.1 last paragraph): :meth:`project_prior` maps the prior with
-    one bias-free 1×1(×1) convolution per target stage (``injection_channels``) and resizes it
+    Stochastic and deterministic calls: by default a call is stochastic in training mode (proxy
+    samples, token noise, projector dropout) and deterministic in eval mode (proxy means, no
+    noise, no dropout). ``forward(tokens, stochastic=False)`` forces the deterministic path in
+    training mode too — what a teacher or pseudo-label pass needs.
+
+    Injection (paper §2.1 last paragraph): :meth:`project_prior` maps the prior with one
+    bias-free 1×1(×1) convolution per target stage (``injection_channels``) and resizes it
     (linear/bilinear/trilinear) to each stage's spatial shape; the host network **adds** the results
     after its skip-sums, e.g. ``VNet.decode(features, injection=...)``. A bias-free 1×1 conv and
     linear interpolation commute, so projecting first (on the small token grid) is exact and cheap.
+    The projections are **zero-initialised** by default, so a network with a fresh SCDL block
+    computes exactly what its backbone computes (SCDL-X starts as X) and the prior enters the
+    decoder only as the projections learn; ``zero_init_injection=False`` keeps PyTorch's default
+    convolution initialisation, as the released ``UpFuseBlock.prior_proj`` (``Zyh55555/SCDL:
+    networks/SCDL.py``) does.
 
     Args:
         num_classes: ``C``, background included (background has a proxy).
@@ -169,17 +189,17 @@ class SCDL(nn.Module):
         tau_e2p: temperature of ``probs`` (reference ``tau_e2p=0.2``).
         tau_p2e: temperature of ``probs_p2e``, which weights the center prior (reference
             ``tau_p2e=0.2``).
-        tau_dist: temperature of the distribution-weighted prior (METHODS.md §7: 0.2; paper Eq. 5
-            has none, i.e. 1).
+        tau_dist: temperature of the distribution-weighted prior (default 0.2; paper Eq. 5 has
+            none, i.e. 1).
         dropout: dropout probability in the projector (reference 0.2).
         injection_channels: width of each target stage, one bias-free 1×1 conv ``3D → width`` per
             entry; ``None`` (default) builds none and :meth:`project_prior` is unavailable. For a
             :class:`~scdl_monai.networks.vnet.VNet` at all stages: ``net.decoder_channels``.
         spatial_dims: dimensionality of the token grid and of the injection convolutions.
-        eval_proxy_samples: ``"mean"`` (default) — in eval mode use the proxy means, so
-            ``ā = cos(ẑ, μ̂)`` and inference is deterministic; ``"sample"`` — sample in eval mode
-            too, as the released module (which always samples) does. Training always samples.
-            METHODS.md is silent; the released code's inference does not use ``ā``.
+        eval_proxy_samples: ``"mean"`` (default) — a deterministic call uses the proxy means for
+            ``ā`` too (``ā = cos(ẑ, μ̂)``); ``"sample"`` — ``ā`` is sampled in eval mode as well,
+            as the released module (which always samples) does. The prior never depends on it.
+        zero_init_injection: zero-initialise the injection projections (default ``True``).
 
     Raises:
         ValueError: a non-positive size/temperature, ``dropout`` outside [0, 1), bad
@@ -194,6 +214,11 @@ class SCDL(nn.Module):
         >>> [tuple(t.shape[1:]) for t in inject][-1]
         (16, 96, 96, 96)
     """
+
+    #: :func:`~scdl_monai.networks.vnet.initialize_weights` leaves this block alone (a baseline
+    #: that re-initialises its networks must not touch the zero-initialised injection projections
+    #: nor draw extra random numbers for them).
+    keeps_initialization = True
 
     def __init__(
         self,
@@ -210,6 +235,7 @@ class SCDL(nn.Module):
         injection_channels: Sequence[int] | None = None,
         spatial_dims: int = 3,
         eval_proxy_samples: str = "mean",
+        zero_init_injection: bool = True,
     ) -> None:
         super().__init__()
         owner = "SCDL"
@@ -226,6 +252,8 @@ class SCDL(nn.Module):
             raise ValueError(f"SCDL: `sigma_emb_init` must be a number, got {sigma_emb_init!r}.")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"SCDL: `dropout` must be a float in [0, 1), got {dropout!r}.")
+        if not isinstance(zero_init_injection, bool):
+            raise ValueError(f"SCDL: `zero_init_injection` must be a bool, got {zero_init_injection!r}.")
         self.eval_proxy_samples = _choice(owner, "eval_proxy_samples", eval_proxy_samples, EVAL_PROXY_MODES)
 
         d = self.z_dim
@@ -259,6 +287,10 @@ class SCDL(nn.Module):
         self.injection_projections = nn.ModuleList(
             conv(3 * d, width, kernel_size=1, bias=False) for width in self.injection_channels
         )
+        self.zero_init_injection = zero_init_injection
+        if zero_init_injection:
+            for proj in self.injection_projections:
+                nn.init.zeros_(proj.weight)
 
     @property
     def prior_channels(self) -> int:
@@ -282,19 +314,34 @@ class SCDL(nn.Module):
         eps = torch.randn(mu.shape[0], s, mu.shape[1], device=mu.device, dtype=mu.dtype)
         return F.normalize(mu.unsqueeze(1) + sigma.unsqueeze(1) * eps, dim=-1)
 
-    def _token_sampling_prior(self, z: torch.Tensor, z_normalized: torch.Tensor) -> torch.Tensor:
-        if not self.training:
+    def project(self, x: torch.Tensor, stochastic: bool | None = None) -> torch.Tensor:
+        """Token embeddings ``z = MLP(x)`` of ``(..., x_dim)`` tokens; dropout only when ``stochastic``.
+
+        ``stochastic=None`` follows the module's mode (dropout in training, as ``self.projector(x)``).
+        """
+        if stochastic is None or (stochastic and self.training):
+            return self.projector(x)
+        for layer in self.projector:  # deterministic: the same layers without dropout
+            if not isinstance(layer, nn.Dropout):
+                x = layer(x)
+        return x
+
+    def _token_sampling_prior(self, z: torch.Tensor, z_normalized: torch.Tensor, stochastic: bool) -> torch.Tensor:
+        if not stochastic:
             return z_normalized  # ε = 0: normalize(mean_e normalize(z)) = ẑ
         eps = torch.randn(*z.shape[:-1], self.num_token_samples, z.shape[-1], device=z.device, dtype=z.dtype)
         samples = F.normalize(z.unsqueeze(-2) + eps * self.sigma_emb, dim=-1)
         return F.normalize(samples.mean(dim=-2), dim=-1)
 
-    def forward(self, tokens: torch.Tensor) -> SCDLOutput:
+    def forward(self, tokens: torch.Tensor, stochastic: bool | None = None) -> SCDLOutput:
         """Embeddings, assignments and the prior map of a token map.
 
         Args:
             tokens: token MAP ``(B, x_dim, *grid)`` with ``spatial_dims`` grid dims — each grid cell
                 is one token (e.g. :class:`TokenExtractor` output, 12³ for a 96³ patch).
+            stochastic: sample proxies and token noise and apply the projector's dropout;
+                ``None`` (default) = ``self.training``. ``False`` gives the deterministic result of
+                eval mode whatever the mode (teacher / pseudo-label passes).
 
         Returns:
             :class:`SCDLOutput` (tensors only; losses are computed by the caller).
@@ -310,9 +357,10 @@ class SCDL(nn.Module):
                 f"SCDL: `tokens` must have shape (B, x_dim={self.x_dim}, *grid) with {self.spatial_dims} "
                 f"grid dims, got {tuple(tokens.shape)}."
             )
+        stochastic = self.training if stochastic is None else bool(stochastic) and self.training
         grid = tokens.shape[2:]
         x = tokens.flatten(2).transpose(1, 2)  # (B, L, x_dim)
-        z = self.projector(x)
+        z = self.project(x, stochastic)
         # The class statistics (cosines, softmax assignments at tau 0.2, priors) stay float32 under a
         # bf16/fp16 autocast policy: a bf16 cosine has ~3 significant digits, amplified 5x by 1/tau
         # (precision.py "Where float32 is kept"). Tokens are few (patch/8 per axis): negligible cost.
@@ -322,18 +370,20 @@ class SCDL(nn.Module):
             mu, sigma = self.proxy_parameters()
             mu_hat = F.normalize(mu, dim=-1)
 
-            if self.training or self.eval_proxy_samples == "sample":
-                proxy_centers = self.sample_proxies().mean(dim=1)  # (C, D): mean of unit samples
-            else:
-                proxy_centers = mu_hat
-            assignment = z_hat @ proxy_centers.t()  # mean_s cos(ẑ, z̃_s) by linearity
             similarity = z_hat @ mu_hat.t()
+            if stochastic or self.eval_proxy_samples == "sample":
+                proxy_centers = self.sample_proxies().mean(dim=1)  # (C, D): mean of unit samples
+                assignment = z_hat @ proxy_centers.t()  # mean_s cos(ẑ, z̃_s) by linearity
+            else:
+                assignment = similarity
             probs = torch.softmax(similarity / self.tau_e2p, dim=-1)
             probs_p2e = probs if self.tau_p2e == self.tau_e2p else torch.softmax(similarity / self.tau_p2e, dim=-1)
 
-            r_dist = torch.softmax(assignment / self.tau_dist, dim=-1) @ mu
+            # one computation in every mode: weights from the proxy means (see the class docstring)
+            dist_weights = probs if self.tau_dist == self.tau_e2p else torch.softmax(similarity / self.tau_dist, dim=-1)
+            r_dist = dist_weights @ mu
             r_center = F.normalize(probs_p2e @ mu_hat, dim=-1)
-            z_sam = self._token_sampling_prior(z, z_hat)
+            z_sam = self._token_sampling_prior(z, z_hat, stochastic)
             prior = torch.cat([r_dist, r_center, z_sam], dim=-1).transpose(1, 2).reshape(z.shape[0], -1, *grid)
         return SCDLOutput(z, z_hat, assignment, similarity, probs, probs_p2e, mu, sigma, prior)
 
@@ -381,7 +431,7 @@ class SCDL(nn.Module):
 
 
 class TokenExtractor(nn.Module):
-    """Token map for :class:`SCDL` from one backbone feature map (METHODS.md §7, "Token source").
+    """Token map for :class:`SCDL` from one backbone feature map.
 
     * ``"encoder"`` (paper: tokens are encoder embeddings; needed when the prior is injected at
       every decoder stage, since it must exist before decoding): a 1×1(×1) convolution of an
@@ -411,6 +461,9 @@ class TokenExtractor(nn.Module):
         >>> tok(torch.zeros(1, 16, 96, 96, 96)).shape
         torch.Size([1, 16, 12, 12, 12])
     """
+
+    #: left alone by :func:`~scdl_monai.networks.vnet.initialize_weights` (see :class:`SCDL`).
+    keeps_initialization = True
 
     def __init__(
         self,
@@ -467,7 +520,7 @@ class TokenExtractor(nn.Module):
 
 
 def token_weights_from_labels(label: torch.Tensor, num_classes: int, token_shape: Sequence[int]) -> torch.Tensor:
-    """Ground-truth class proportions of every token's region (METHODS.md §7, labeled tokens).
+    """Ground-truth class proportions of every token's region (labeled tokens, paper §2.1).
 
     ``w_{t,c}`` = fraction of the voxels of token ``t``'s cell that carry class ``c``: adaptive
     average pooling of the one-hot label to the token grid (exact areas when each spatial size is
@@ -525,7 +578,7 @@ def token_weights_from_labels(label: torch.Tensor, num_classes: int, token_shape
 
 
 def token_weights_from_pseudo_label(logits: torch.Tensor, token_shape: Sequence[int]) -> torch.Tensor:
-    """Pseudo-label class proportions for unlabeled tokens (METHODS.md §7 option).
+    """Pseudo-label class proportions for unlabeled tokens (no confidence threshold).
 
     The (detached) argmax of ``logits`` is pooled like a label, see :func:`token_weights_from_labels`.
 
@@ -543,12 +596,63 @@ def token_weights_from_pseudo_label(logits: torch.Tensor, token_shape: Sequence[
     return token_weights_from_labels(pseudo, logits.shape[1], token_shape)
 
 
+def token_weights_from_confident_pseudo_label(
+    logits: torch.Tensor, token_shape: Sequence[int], threshold: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class proportions of a (peer's) confident pseudo-label per token, and which tokens have one.
+
+    Voxel ``v`` counts when ``max_c softmax(logits)_v ≥ threshold``; ``w_{t,c}`` is the share of
+    the confident voxels of token ``t``'s cell whose argmax is ``c`` (rows sum to 1), and the mask
+    marks the tokens with at least one confident voxel — the others carry no target and must be
+    left out of the loss. ``threshold=0`` keeps every voxel (then the weights equal
+    :func:`token_weights_from_pseudo_label`). Adaptive average pooling as in
+    :func:`token_weights_from_labels`; no gradient.
+
+    Args:
+        logits: ``(B, C, *spatial)`` logits of the network that provides the target.
+        token_shape: the token grid.
+        threshold: confidence threshold in ``[0, 1]``.
+
+    Returns:
+        ``(weights (B, L, C), mask (B, L) bool)``.
+
+    Raises:
+        ValueError: bad shapes or ``threshold`` outside ``[0, 1]``.
+
+    Example:
+        >>> logits = torch.zeros(1, 2, 4, 4, 4); logits[:, 1, :2] = 5.0  # confident class 1 in half
+        >>> w, mask = token_weights_from_confident_pseudo_label(logits, (2, 2, 2), threshold=0.9)
+        >>> mask[0].tolist(), w[0, 0].tolist()
+        ([True, True, True, True, False, False, False, False], [0.0, 1.0])
+    """
+    owner = "token_weights_from_confident_pseudo_label"
+    if not isinstance(logits, torch.Tensor) or logits.ndim < 3 or logits.ndim > 5:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"{owner}: `logits` must be (B, C, *spatial), got {shape}.")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"{owner}: `threshold` must be a number in [0, 1], got {threshold!r}.")
+    if hasattr(logits, "as_tensor"):
+        logits = logits.as_tensor()
+    spatial_dims = logits.ndim - 2
+    grid = _shape_of(owner, "token_shape", token_shape, spatial_dims)
+    with torch.no_grad():
+        probs = torch.softmax(logits.detach().float(), dim=1)
+        confidence, pseudo = probs.max(dim=1)
+        confident = (confidence >= float(threshold)).unsqueeze(1).float()  # (B, 1, *spatial)
+        onehot = F.one_hot(pseudo, logits.shape[1]).movedim(-1, 1).float() * confident
+        pool = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[spatial_dims - 1]
+        shares = pool(onehot, grid).flatten(2).transpose(1, 2)  # (B, L, C), rows sum to the confident share
+        mass = shares.sum(dim=-1, keepdim=True)
+        weights = shares / mass.clamp_min(torch.finfo(shares.dtype).tiny)
+        return weights, mass[..., 0] > 0
+
+
 def token_weights_from_assignment(probs: torch.Tensor, probs_p2e: torch.Tensor | None = None) -> torch.Tensor:
     """Sharpened, detached assignment weights for unlabeled tokens (reference ``bi_sim``).
 
     ``w_{t,c} = P_e2p(c|t)·P_p2e(c|t) / Σ_c' P_e2p(c'|t)·P_p2e(c'|t)``; with one argument (or equal
-    temperatures, as in the reference) this is ``P² / Σ P²``. Source: METHODS.md §7,
-    ``Zyh55555/SCDL:networks/SCDL.py`` (weights used when no ground truth is given).
+    temperatures, as in the reference) this is ``P² / Σ P²``. Source:
+    ``Zyh55555/SCDL:networks/SCDL.py`` (``bi_sim``, the weights used when no ground truth is given).
 
     Args:
         probs: ``P(c|t)``, ``(..., C)`` — e.g. ``SCDLOutput.probs``.

@@ -1,12 +1,12 @@
 """SCDL losses: bidirectional proxy alignment (CDBA) and semantic anchor constraints (SAC).
 
-Su et al., arXiv 2603.05202 (seed ``004_…``) §2.1–2.2; forms and constants per METHODS.md §7,
-checked against ``Zyh55555/SCDL:networks/SCDL.py``. Notation: ``t`` a token, ``c`` a class
+Su et al., arXiv 2603.05202 §2.1–2.2; forms and constants checked against
+``Zyh55555/SCDL:networks/SCDL.py``. Notation: ``t`` a token, ``c`` a class
 (background included), ``ā_{t,c}`` the mean cosine of token ``t`` to ``S`` samples of proxy ``c``
 (``SCDLOutput.assignment``), ``s_{t,c} = cos(ẑ_t, μ̂_c)`` (``SCDLOutput.similarity``),
 ``P(c|t)`` (``SCDLOutput.probs``) and ``w_{t,c}`` per-token class weights (ground-truth area
 proportions for labeled tokens, sharpened detached assignments for unlabeled ones; see
-:mod:`scdl_monai.networks.scdl`).
+:mod:`scdl_monai.networks.class_distribution`).
 
 The losses take tensors only and never run a network (STYLE.md). Where the paper and the released
 code differ, the code form is the default and the paper form is an option:
@@ -17,7 +17,7 @@ code differ, the code form is the default and the paper form is an option:
   ``mean_t Σ_c P(c|t)·(1−s)``.
 * :class:`ProxyLoss` = P2E + 0.1·E2P (the reference's ``dist_loss_weight``). The reference also
   computes a symmetric KL between its two assignments; both are softmaxes over classes with equal
-  temperatures, so it is identically zero and is dropped (METHODS.md §7).
+  temperatures, so it is identically zero and is dropped.
 * :class:`SACLoss`: ``mean over present c of (1 − cos(μ_c, anchor_c))`` with detached anchors
   (paper Eq. 9), anchors from :func:`sac_anchors_feature_pool` (cheap default) or
   :func:`sac_anchors_masked_image` (paper §2.2).
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from monai.utils import look_up_option
 from torch import nn
 
-from scdl_monai.networks.scdl import token_weights_from_labels
+from scdl_monai.networks.class_distribution import token_weights_from_labels
 
 __all__ = [
     "P2ELoss",
@@ -78,6 +78,16 @@ def _check_pair(owner: str, names: tuple[str, str], a, b) -> None:
         )
 
 
+def _token_mask(owner: str, mask, like: torch.Tensor) -> torch.Tensor:
+    """``(...)`` float 0/1 token mask for a ``(..., C)`` tensor; all ones when ``mask`` is None."""
+    if mask is None:
+        return like.new_ones(like.shape[:-1], dtype=torch.float32)
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(like.shape[:-1]):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"{owner}: `mask` must have the token shape {tuple(like.shape[:-1])}, got {shape}.")
+    return mask.to(device=like.device, dtype=torch.float32)
+
+
 def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "mean":
         return values.mean()
@@ -87,13 +97,19 @@ def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 class P2ELoss(nn.Module):
-    """Proxy-to-embedding alignment (paper Eq. 4; METHODS.md §7).
+    """Proxy-to-embedding alignment (paper Eq. 4).
 
     With ``m_{t,c} = (2·w_{t,c} − 1)·ā_{t,c}`` over the ``T`` tokens of all leading dims:
 
     * ``form="code"`` (default, ``Zyh55555/SCDL:networks/SCDL.py``, where
       ``pos_mean − neg_mean = (2w−1)·ā``): ``ℓ_c = (1/T) Σ_t exp(−m_{t,c})``;
-    * ``form="paper"`` (Eq. 4, expectation inside the exponential): ``ℓ_c = exp(−(1/T) Σ_t m_{t,c})``.
+    * ``form="paper"`` (Eq. 4, expectation inside the exponential): ``ℓ_c = exp(−(1/T) Σ_t m_{t,c})``;
+    * ``balanced=True`` (code form only; this project's option for small classes): each class's
+      positive and negative token mass are normalised separately,
+      ``ℓ_c = ½ [Σ_t w e^{−ā} / Σ_t w + Σ_t (1−w) e^{ā} / Σ_t (1−w)]`` — for hard weights the mean
+      of ``e^{−ā}`` over the class's tokens plus the mean of ``e^{ā}`` over the others, so a class
+      that fills 1% of the tokens is pulled as hard as one that fills 50%. A class without positive
+      (or negative) mass keeps only the other half.
 
     The loss is ``mean_c ℓ_c`` (``reduction="mean"``). Eq. 4 literally uses ``P(c|t)`` as the
     weight and ``cos(ẑ_t, μ̂_c)`` as the similarity: pass ``SCDLOutput.probs`` and
@@ -102,9 +118,10 @@ class P2ELoss(nn.Module):
     Args:
         form: ``"code"`` or ``"paper"``.
         reduction: over classes: ``"mean"``, ``"sum"`` or ``"none"`` (a ``(C,)`` tensor).
+        balanced: class-balanced positive/negative normalisation (code form).
 
     Raises:
-        ValueError: unknown ``form``/``reduction``.
+        ValueError: unknown ``form``/``reduction``, ``balanced`` with the paper form.
 
     Example:
         >>> a = torch.tensor([[0.5, -0.5], [0.2, 0.8]]); w = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -112,18 +129,25 @@ class P2ELoss(nn.Module):
         0.6914
     """
 
-    def __init__(self, form: str = "code", reduction: str = "mean") -> None:
+    def __init__(self, form: str = "code", reduction: str = "mean", balanced: bool = False) -> None:
         super().__init__()
         self.form = _option("P2ELoss", "form", form, LOSS_FORMS)
         self.reduction = _option("P2ELoss", "reduction", reduction, REDUCTIONS)
+        if not isinstance(balanced, bool):
+            raise ValueError(f"P2ELoss: `balanced` must be a bool, got {balanced!r}.")
+        if balanced and self.form != "code":
+            raise ValueError("P2ELoss: `balanced=True` is defined for form='code' only.")
+        self.balanced = balanced
 
-    def forward(self, assignment: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, assignment: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Loss from token-class similarities and weights.
 
         Args:
             assignment: ``ā`` (code) — any ``(..., C)`` similarity, e.g. ``(B, L, C)``.
             weights: ``w`` of the same shape (detach unlabeled weights before calling; the
-                weight functions of :mod:`scdl_monai.networks.scdl` already do).
+                weight functions of :mod:`scdl_monai.networks.class_distribution` already do).
+            mask: optional ``(...)`` bool/0-1 tensor of the tokens that take part (e.g. tokens with
+                a confident pseudo-label); ``None`` = all.
 
         Returns:
             Scalar, or ``(C,)`` for ``reduction="none"``.
@@ -133,16 +157,28 @@ class P2ELoss(nn.Module):
         """
         _check_pair("P2ELoss", ("assignment", "weights"), assignment, weights)
         num_classes = assignment.shape[-1]
-        margin = ((2.0 * weights.float() - 1.0) * assignment.float()).reshape(-1, num_classes)
+        a = assignment.float().reshape(-1, num_classes)
+        w = weights.float().reshape(-1, num_classes)
+        m = _token_mask("P2ELoss", mask, assignment).reshape(-1, 1)
+        if self.balanced:
+            tiny = torch.finfo(a.dtype).tiny
+            pos_mass, neg_mass = (w * m).sum(dim=0), ((1.0 - w) * m).sum(dim=0)
+            pos = (w * m * torch.exp(-a)).sum(dim=0) / pos_mass.clamp_min(tiny)
+            neg = ((1.0 - w) * m * torch.exp(a)).sum(dim=0) / neg_mass.clamp_min(tiny)
+            parts = (pos_mass > 0).float() + (neg_mass > 0).float()
+            per_class = (pos + neg) / parts.clamp_min(1.0)
+            return _reduce(per_class, self.reduction)
+        margin = (2.0 * w - 1.0) * a
+        count = m.sum().clamp_min(1.0)
         if self.form == "code":
-            per_class = torch.exp(-margin).mean(dim=0)
+            per_class = (torch.exp(-margin) * m).sum(dim=0) / count
         else:
-            per_class = torch.exp(-margin.mean(dim=0))
+            per_class = torch.exp(-(margin * m).sum(dim=0) / count)
         return _reduce(per_class, self.reduction)
 
 
 class E2PLoss(nn.Module):
-    """Embedding-to-proxy alignment (paper Eq. 3; METHODS.md §7).
+    """Embedding-to-proxy alignment (paper Eq. 3).
 
     * ``form="code"`` (default, ``Zyh55555/SCDL:networks/SCDL.py`` ``dist_loss``): on the proxy
       samples, ``ℓ_t = Σ_c w_{t,c}·(1 − ā_{t,c})`` — needs ``assignment`` and ``weights``;
@@ -179,6 +215,7 @@ class E2PLoss(nn.Module):
         weights: torch.Tensor | None = None,
         similarity: torch.Tensor | None = None,
         probs: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Loss from the tensors its ``form`` needs (see the class docstring).
 
@@ -187,6 +224,7 @@ class E2PLoss(nn.Module):
             weights: ``w``, same shape (code form).
             similarity: ``cos(ẑ, μ̂)``, ``(..., C)`` (paper form).
             probs: ``P(c|t)``, same shape (paper form).
+            mask: optional ``(...)`` tokens that take part (mean over them); ``None`` = all.
 
         Raises:
             ValueError: a tensor the form needs is missing, or shapes differ.
@@ -200,16 +238,22 @@ class E2PLoss(nn.Module):
             raise ValueError(f"E2PLoss(form={self.form!r}) needs `{names[0]}` and `{names[1]}`; missing {missing}.")
         _check_pair("E2PLoss", names, dist_src, weight)
         per_token = (weight.float() * (1.0 - dist_src.float())).sum(dim=-1)
-        return _reduce(per_token, self.reduction)
+        if mask is None:
+            return _reduce(per_token, self.reduction)
+        m = _token_mask("E2PLoss", mask, dist_src)
+        if self.reduction == "mean":
+            return (per_token * m).sum() / m.sum().clamp_min(1.0)
+        return _reduce(per_token * m, self.reduction)
 
 
 class ProxyLoss(nn.Module):
-    """CDBA proxy loss ``L_p2e + e2p_weight · L_e2p`` (METHODS.md §7; reference weight 0.1).
+    """CDBA proxy loss ``L_p2e + e2p_weight · L_e2p`` (reference weight 0.1).
 
     Args:
         e2p_weight: weight of the E2P term (reference ``dist_loss_weight=0.1``).
         p2e_form: form of :class:`P2ELoss`.
         e2p_form: form of :class:`E2PLoss`.
+        balanced_p2e: class-balanced P2E (see :class:`P2ELoss`).
 
     Raises:
         ValueError: negative ``e2p_weight`` or unknown forms.
@@ -219,12 +263,14 @@ class ProxyLoss(nn.Module):
         >>> total = ProxyLoss()(a, w)  # P2ELoss()(a, w) + 0.1 * E2PLoss()(a, w)
     """
 
-    def __init__(self, e2p_weight: float = 0.1, p2e_form: str = "code", e2p_form: str = "code") -> None:
+    def __init__(
+        self, e2p_weight: float = 0.1, p2e_form: str = "code", e2p_form: str = "code", balanced_p2e: bool = False
+    ) -> None:
         super().__init__()
         if isinstance(e2p_weight, bool) or not isinstance(e2p_weight, (int, float)) or e2p_weight < 0:
             raise ValueError(f"ProxyLoss: `e2p_weight` must be a non-negative number, got {e2p_weight!r}.")
         self.e2p_weight = float(e2p_weight)
-        self.p2e = P2ELoss(form=p2e_form)
+        self.p2e = P2ELoss(form=p2e_form, balanced=balanced_p2e)
         self.e2p = E2PLoss(form=e2p_form)
 
     def terms(
@@ -233,9 +279,10 @@ class ProxyLoss(nn.Module):
         weights: torch.Tensor,
         similarity: torch.Tensor | None = None,
         probs: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The two unweighted terms ``(L_p2e, L_e2p)`` (for logging)."""
-        return self.p2e(assignment, weights), self.e2p(assignment, weights, similarity, probs)
+        return self.p2e(assignment, weights, mask), self.e2p(assignment, weights, similarity, probs, mask)
 
     def forward(
         self,
@@ -243,14 +290,15 @@ class ProxyLoss(nn.Module):
         weights: torch.Tensor,
         similarity: torch.Tensor | None = None,
         probs: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scalar proxy loss; ``similarity``/``probs`` are needed only when ``e2p_form="paper"``."""
-        p2e, e2p = self.terms(assignment, weights, similarity, probs)
+        p2e, e2p = self.terms(assignment, weights, similarity, probs, mask)
         return p2e + self.e2p_weight * e2p
 
 
 class SACLoss(nn.Module):
-    """Semantic anchor constraint (paper Eq. 9; METHODS.md §7).
+    """Semantic anchor constraint (paper Eq. 9).
 
     ``L_SAC = mean_{c present} (1 − cos(μ_c, anchor_c))``. The anchors are detached inside, so only
     ``μ`` receives gradient (paper §2.2). The paper averages over all ``C`` classes; classes absent
@@ -315,7 +363,7 @@ def _average_instances(embeddings: torch.Tensor, present: torch.Tensor) -> tuple
 
 
 def sac_anchors_feature_pool(tokens_z: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class anchors from the normal forward's tokens, weighted by ground truth (METHODS.md §7 default).
+    """Class anchors from the normal forward's tokens, weighted by ground truth (cheap default).
 
     For every labeled sample ``b`` and class ``c`` with ``Σ_t w_{b,t,c} > 0`` the class embedding is
     the ``w``-weighted mean of the sample's tokens, L2-normalised; ``anchor_c`` is the mean of these
@@ -326,7 +374,7 @@ def sac_anchors_feature_pool(tokens_z: torch.Tensor, weights: torch.Tensor) -> t
     Args:
         tokens_z: token embeddings ``(B, L, D)`` (``SCDLOutput.z`` of the labeled samples).
         weights: GT token weights ``(B, L, C)`` from
-            :func:`~scdl_monai.networks.scdl.token_weights_from_labels`.
+            :func:`~scdl_monai.networks.class_distribution.token_weights_from_labels`.
 
     Returns:
         ``(anchors (C, D), present (C,) bool)``; detached; absent classes have zero anchors.
@@ -413,7 +461,7 @@ def sac_anchors_masked_image(
     instances, L2-normalised. The anchors are detached (paper: SAC updates only the proxies), so the
     masked forwards run under :func:`torch.no_grad` with every normalisation layer with running
     statistics (BatchNorm/InstanceNorm) in eval mode — masked images would otherwise corrupt the
-    running statistics (METHODS.md §7). Modes are restored afterwards, also on error.
+    running statistics. Modes are restored afterwards, also on error.
 
     Args:
         encode_fn: callable mapping images ``(N, C_in, *spatial)`` to token embeddings, either a map
@@ -426,7 +474,7 @@ def sac_anchors_masked_image(
             omitted when ``encode_fn`` is an ``nn.Module`` or a bound method of one.
         token_shape: token grid, required when ``encode_fn`` returns ``(N, L, D)``.
         include_background: build an anchor for class 0 too (the background has a proxy).
-        eval_dropout: also put dropout layers in eval mode (METHODS.md asks for norm layers only).
+        eval_dropout: also put dropout layers in eval mode.
         chunk_size: masked images per forward; ``None`` = all at once.
 
     Returns:
