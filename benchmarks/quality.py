@@ -148,7 +148,7 @@ def overrides_for(method: str, scdl: bool, spec: dict, config: dict) -> dict:
         "cache_rate": 1.0, "val_interval": 10**9, "checkpoint_saver": None, "resume_from": "",
     }  # fmt: skip
     if spec["budget"] == "bundle":
-        return out
+        return {**out, **(spec.get("extra_overrides") or {})}
     n_iter, epoch = size["iterations"], size["epoch_length"]
     out.update({
         "n_filters": size["n_filters"], "patch_size": [size["patch"]] * 3,
@@ -169,7 +169,7 @@ def overrides_for(method: str, scdl: bool, spec: dict, config: dict) -> dict:
             "network_def#norm": "batch",
             "method_def#rampup_interval": max(1, round(interval * n_iter / float(config["max_iterations"]))),
         })  # fmt: skip
-    return out
+    return {**out, **(spec.get("extra_overrides") or {})}
 
 
 def compose(method: str, scdl: bool, dataset: str, protocol: str) -> dict:
@@ -574,7 +574,9 @@ def markdown(res: dict) -> str:
         "",
         f"Budget (every method): {budget}; precision {res['precision']}"
         f"{' + channels-last' if res['channels_last'] else ''}, device {res['device']}, code {res['commit']}, {res['threads']} thread(s) "
-        f"per run, {res['jobs']} run(s) in parallel. Validation (mean foreground Dice of the validation cases) every "
+        f"per run, {res['jobs']} run(s) in parallel"
+        + (f"; extra overrides {json.dumps(res['extra_overrides'])}" if res.get("extra_overrides") else "")
+        + ". Validation (mean foreground Dice of the validation cases) every "
         f"{s['val_every']} iterations; the best-validation and the last-iteration model are both tested. "
         f"Seeds {res['seeds']}; cells are mean ± std (population) over seeds of the per-run class means over the "
         "test cases. Dice in %, ASD = symmetric average surface distance in mm (a missed organ counts Dice 0, "
@@ -747,6 +749,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iterations", type=int, default=None, help="override the budget's iteration count")
     parser.add_argument("--val-every", type=int, default=None, help="validate every N iterations")
     parser.add_argument("--patch", type=int, default=None, help="override the budget's (cubic) patch size")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra bundle override for every run (VALUE as JSON, else a string), e.g. "
+                        "--set dropout=0 --set scdl_token_scope=labeled; part of the fingerprint")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--work-dir", default=None, help="keep data and run folders here (default: temporary)")
@@ -777,6 +782,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--budget bundle needs --datalist (the bundles' sizes do not fit the phantom)")
     if args.protocol not in ("native", "dhc", "ga", "method"):
         parser.error(f"--protocol {args.protocol!r}: choose native, dhc, ga or method")
+    extra = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value
     precision = args.precision or size["precision"]
     channels_last = size["channels_last"] if args.channels_last is None else args.channels_last == "true"
     seeds = args.seeds if args.seeds is not None else ([0] if budget == "quick" else [0, 1, 2])
@@ -827,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
                 "dataset_dir": str(Path(data["datalist"]).parent), "datalist": data["datalist"],
                 "datalist_full": data["datalist_full"], "data_id": data["data_id"], "meta_file": str(meta_file),
                 "run_dir": str(work / "runs" / f"{c}_seed{seed}"), "result_path": str(result_path(out_dir, c, seed)),
-                "reuse": args.reuse or args.reuse_only, "reuse_only": args.reuse_only,
+                "reuse": args.reuse or args.reuse_only, "reuse_only": args.reuse_only, "extra_overrides": extra,
             }  # fmt: skip
             try:
                 spec["fingerprint"] = expected_fingerprint(spec)
@@ -856,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_after": loadavg(), "machine": machine_info(), "size": size, "seeds": seeds,
         "configs": configs, "jobs": args.jobs, "threads": args.threads, "device": args.device,
         "precision": precision, "channels_last": channels_last, "protocol": args.protocol, "commit": _commit(),
-        "data": data, "tail": list(tail),
+        "data": data, "tail": list(tail), "extra_overrides": extra,
         "table_best": aggregate(rows, configs, "best", tail), "table_last": aggregate(rows, configs, "last", tail),
         "paired_best": paired_differences(rows, configs, "best", tail),
         "paired_last": paired_differences(rows, configs, "last", tail),

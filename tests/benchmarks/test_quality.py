@@ -92,8 +92,9 @@ def test_quality_quick_reports_paired_tail_and_both_models_and_reuses_stored_run
     (tmp_path / "other" / "mine.json").write_text(json.dumps(hand))
     out2 = tmp_path / "out2"
     _run("--seeds", "0", "--out", str(out2), "--datalist", str(tmp_path / "other" / "mine.json"),
-         "--configs", "supervised", "fully_supervised")  # fmt: skip
+         "--configs", "supervised", "fully_supervised", "--set", "dropout=0")  # fmt: skip
     res2 = json.loads((out2 / "quality.json").read_text())
+    assert res2["extra_overrides"] == {"dropout": 0} and '"dropout": 0' in (out2 / "quality.md").read_text()
     assert res2["data"]["datalist"].endswith("mine.json")
     assert {r["config"]: r["status"] for r in res2["runs"]} == {"supervised": "ok", "fully_supervised": "ok"}
 
