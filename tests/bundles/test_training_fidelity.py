@@ -49,7 +49,8 @@ def test_shipped_dhc_cps_supervised_networks_train_with_reference_dropout(case):
     x = torch.rand(2, 1, 16, 16, 16)
     for net in nets:
         drops = [m for m in net.modules() if isinstance(m, torch.nn.Dropout3d)]
-        assert net.has_dropout and drops and all(m.p == 0.5 for m in drops)
+        backbone = getattr(net, "backbone", net)  # SCDL bundles wrap the backbone (SCDLNetwork)
+        assert backbone.has_dropout and drops and all(m.p == 0.5 for m in drops)
         torch.manual_seed(0)
         net.train()
         with torch.no_grad():
@@ -67,7 +68,7 @@ def test_ga_and_magicnet_networks_have_no_dropout(method):
     parser = _shipped(method, "synapse", False)
     assert parser["dropout"] == 0.0 and parser["amp"] is False  # fp32 reference runs
     for net in _networks(parser):
-        assert not net.has_dropout
+        assert not getattr(net, "backbone", net).has_dropout
 
 
 def test_dhc_family_defaults_follow_the_reference_scripts():
