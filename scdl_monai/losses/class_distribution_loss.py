@@ -33,10 +33,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.utils import look_up_option
 from torch import nn
 
-from scdl_monai.networks.class_distribution import token_weights_from_labels
+from scdl_monai.networks.class_distribution import _choice, token_weights_from_labels
 
 __all__ = [
     "P2ELoss",
@@ -56,14 +55,6 @@ REDUCTIONS = ("mean", "sum", "none")
 _NORM_LAYERS = (nn.modules.batchnorm._NormBase,)  # BatchNorm*, InstanceNorm* (the layers with running stats)
 _DROPOUT_LAYERS = (nn.modules.dropout._DropoutNd,)
 
-
-def _option(owner: str, name: str, value, choices: Sequence[str]) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{owner}: `{name}` must be one of {tuple(choices)}, got {value!r}.")
-    try:
-        return look_up_option(value.lower(), choices)
-    except ValueError as err:
-        raise ValueError(f"{owner}: invalid `{name}`={value!r}. {err}".strip()) from None
 
 
 def _check_pair(owner: str, names: tuple[str, str], a, b) -> None:
@@ -131,8 +122,8 @@ class P2ELoss(nn.Module):
 
     def __init__(self, form: str = "code", reduction: str = "mean", balanced: bool = False) -> None:
         super().__init__()
-        self.form = _option("P2ELoss", "form", form, LOSS_FORMS)
-        self.reduction = _option("P2ELoss", "reduction", reduction, REDUCTIONS)
+        self.form = _choice("P2ELoss", "form", form, LOSS_FORMS)
+        self.reduction = _choice("P2ELoss", "reduction", reduction, REDUCTIONS)
         if not isinstance(balanced, bool):
             raise ValueError(f"P2ELoss: `balanced` must be a bool, got {balanced!r}.")
         if balanced and self.form != "code":
@@ -206,8 +197,8 @@ class E2PLoss(nn.Module):
 
     def __init__(self, form: str = "code", reduction: str = "mean") -> None:
         super().__init__()
-        self.form = _option("E2PLoss", "form", form, LOSS_FORMS)
-        self.reduction = _option("E2PLoss", "reduction", reduction, REDUCTIONS)
+        self.form = _choice("E2PLoss", "form", form, LOSS_FORMS)
+        self.reduction = _choice("E2PLoss", "reduction", reduction, REDUCTIONS)
 
     def forward(
         self,
@@ -317,7 +308,7 @@ class SACLoss(nn.Module):
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
-        self.reduction = _option("SACLoss", "reduction", reduction, REDUCTIONS)
+        self.reduction = _choice("SACLoss", "reduction", reduction, REDUCTIONS)
 
     def forward(self, mu: torch.Tensor, anchors: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         """Loss between proxy means and class anchors.
