@@ -1,4 +1,4 @@
-"""Fast path benchmark (GitHub issue 10): fp32 default vs the precision policy, side by side.
+"""Fast path benchmark: fp32 default vs the precision policy, side by side.
 
 One run measures all configurations side by side. Times: every configuration is built in one
 subprocess and the measured iterations are interleaved round-robin, so a change of machine load

@@ -1,6 +1,7 @@
 """Tests for scdl_monai.methods.scdl (SCDL plug-in around a baseline method)."""
 
 import copy
+import importlib
 from unittest import mock
 
 import pytest
@@ -299,8 +300,8 @@ def test_bad_options_name_the_argument():
 
 # ---------------------------------------------------------------- other baselines
 def test_plugs_into_dhc_and_ga_cps():
-    dhc_mod = pytest.importorskip("scdl_monai.methods.dhc")
-    ga_mod = pytest.importorskip("scdl_monai.methods.ga_cps")
+    dhc_mod = importlib.import_module("scdl_monai.methods.dhc")
+    ga_mod = importlib.import_module("scdl_monai.methods.ga_cps")
     x, y, u = batch()
     torch.manual_seed(0)
     for base in (
@@ -315,8 +316,8 @@ def test_plugs_into_dhc_and_ga_cps():
 
 @pytest.mark.parametrize("injection", ["head", "all_stages"])
 def test_plugs_into_magicnet_with_an_scdl_teacher(injection):
-    mn_mod = pytest.importorskip("scdl_monai.methods.magicnet")
-    net_mod = pytest.importorskip("scdl_monai.networks.magicnet")
+    mn_mod = importlib.import_module("scdl_monai.methods.magicnet")
+    net_mod = importlib.import_module("scdl_monai.networks.magicnet")
     torch.manual_seed(0)
     backbone = wrap(VNet(out_channels=C, n_filters=4), injection=injection)
     student = net_mod.MagicNetwork(backbone, cube_size=16, patch_size=32, hidden_features=16)
@@ -488,8 +489,8 @@ def test_ddp_two_processes_keep_ranks_in_sync(tmp_path):
 
 def _genericssl(seed=0, scdl_on=True, **wrapper):
     wrapper.setdefault("scdl_kwargs", SCDL_KW)
-    gssl = pytest.importorskip("scdl_monai.methods.genericssl")
-    diffvnet = pytest.importorskip("scdl_monai.networks.diffvnet")
+    gssl = importlib.import_module("scdl_monai.methods.genericssl")
+    diffvnet = importlib.import_module("scdl_monai.networks.diffvnet")
     torch.manual_seed(seed)
     network = diffvnet.DiffVNet(out_channels=C, n_filters=4)
     return gssl.GenericSSL(wrap_backbone(network, enabled=scdl_on, num_classes=C, init_seed=1, **wrapper), num_classes=C)
