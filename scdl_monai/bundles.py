@@ -623,8 +623,8 @@ _PREPROCESSING_TEXT = {
 
 `LoadImaged` -> `EnsureChannelFirstd` -> `Orientationd` RAS -> `Spacingd` 1.5x1.5x2 mm (`pixdim`;
 bilinear image, nearest label) -> `ScaleIntensityRanged` [-125, 275] HU -> [0, 1] (`a_min`, `a_max`)
--> `SpatialPadd` to the patch -> `RandCropByLabelClassesd` (class-balanced patch centres, `crop_ratios`)
-for labeled patches, `RandSpatialCropd` for unlabeled ones. Validation/evaluation/inference use the
+-> `SpatialPadd` to the patch -> `ClassesToIndicesd` (cached per case) -> `RandCropByLabelClassesd`
+(class-balanced patch centres, `crop_ratios`) for labeled patches, `RandSpatialCropd` for unlabeled ones. Validation/evaluation/inference use the
 whole resampled volume with a sliding window of the training patch (uniform weights).
 """,
     "dhc": """### Preprocessing ("dhc" protocol, visible in `configs/train.json`)

@@ -36,6 +36,8 @@ from monai.transforms import (
     Orientationd,
     Randomizable,
     RandCropByLabelClassesd,
+    ClassesToIndicesd,
+    DeleteItemsd,
     RandFlipd,
     RandSpatialCropd,
     RandSpatialCropSamplesd,
@@ -413,6 +415,10 @@ def protocol_transforms(
     elif stage == "train":
         chain.append(SpatialPadd(keys, spatial_size=patch))
         if balanced:
+            # the class -> voxel indices are computed once (cached by a CacheDataset, the chain's
+            # first random transform comes after them) instead of on every crop; same draws
+            indices_key = f"{label_key}_cls_indices"
+            chain.append(ClassesToIndicesd(label_key, num_classes=int(num_classes)))
             chain.append(
                 RandCropByLabelClassesd(
                     keys,
@@ -422,8 +428,10 @@ def protocol_transforms(
                     num_classes=int(num_classes),
                     num_samples=int(num_samples),
                     warn=False,
+                    indices_key=indices_key,
                 )
             )
+            chain.append(DeleteItemsd(indices_key))
         elif num_samples > 1:
             chain.append(RandSpatialCropSamplesd(keys, roi_size=patch, num_samples=int(num_samples), random_size=False))
         else:

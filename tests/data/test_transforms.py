@@ -182,6 +182,28 @@ def test_native_train_pads_small_volume_and_balances_classes(tmp_path):
     assert big[0]["image"].shape == (1, 64, 64, 64)
 
 
+def test_native_class_indices_are_cached_and_dropped(tmp_path):
+    """The class -> voxel indices come before the first random transform (a CacheDataset keeps
+    them), the crop draws exactly what an uncached crop draws, and no index array reaches collate."""
+    from monai.data import CacheDataset
+    from monai.transforms import Randomizable
+
+    item = _write_synthetic(tmp_path)
+    chain = protocol_transforms("native", "train", num_classes=3, patch_size=(16, 16, 16), seed=4)
+    names = [type(t).__name__ for t in chain.transforms]
+    first_random = next(i for i, t in enumerate(chain.transforms) if isinstance(t, Randomizable))
+    assert names.index("ClassesToIndicesd") < first_random
+    cached = CacheDataset([dict(item)], transform=chain, cache_rate=1.0, progress=False)
+    assert "label_cls_indices" in cached._cache[0]
+    uncached = protocol_transforms("native", "train", num_classes=3, patch_size=(16, 16, 16), seed=4)
+    uncached.transforms = tuple(t for t in uncached.transforms if type(t).__name__ not in ("ClassesToIndicesd", "DeleteItemsd"))
+    uncached.transforms[names.index("RandCropByLabelClassesd") - 1].indices_key = None
+    for _ in range(3):
+        got, want = cached[0][0], uncached(dict(item))[0]
+        assert set(got) == {"image", "label"}
+        assert torch.equal(got["image"], want["image"]) and torch.equal(got["label"], want["label"])
+
+
 def test_train_chains_are_deterministic_under_seed(tmp_path):
     item = _write_synthetic(tmp_path)
     for protocol in ("dhc", "ga", "native"):
