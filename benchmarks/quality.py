@@ -611,6 +611,7 @@ def markdown(res: dict) -> str:
         *_result_table(res["table_last"], names, res["seeds"]),
         "",
     ]
+    lines += [*instrument_checks(res), ""]
     for model in ("best", "last"):
         pairs = res[f"paired_{model}"]
         if pairs:
@@ -633,6 +634,31 @@ def markdown(res: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _avg_dice(entry: dict) -> float:
+    avg = [r for r in entry["combined"] or [] if str(r["class_index"]) == "avg"]
+    return avg[0]["dice_mean"] if avg else math.nan
+
+
+def instrument_checks(res: dict) -> list[str]:
+    """Whether the table can rank methods (best-validation model): the upper bound reaches 65 avg
+    Dice, is the best row and leads 20%-labeled supervised by 10 points; every row has 3 seeds."""
+    rows = {e["config"]: e for e in res["table_best"] if e["combined"]}
+    lines = ["### Can this table rank methods? (best-validation model)", ""]
+    upper, sup = rows.get("fully_supervised"), rows.get("supervised")
+    if upper is None or sup is None:
+        return lines + ["Not decided: the supervised and fully supervised rows are both needed."]
+    u, s = _avg_dice(upper), _avg_dice(sup)
+    best = max(rows.values(), key=_avg_dice)
+    few = [e["label"] for e in res["table_best"] if len(e["seeds_ok"]) < 3]
+    checks = [
+        (f"upper bound ≥ 65 avg Dice: {u:.2f}", u >= 65),
+        (f"upper bound is the best row: best is {best['label']} ({_avg_dice(best):.2f})", best is upper),
+        (f"upper bound − supervised ≥ 10 points: {u - s:.2f}", u - s >= 10),
+        ("every configuration has ≥ 3 seeds" + (f": not yet {', '.join(few)}" if few else ""), not few),
+    ]
+    return lines + [f"- {'yes' if ok else '**no**'}: {text}" for text, ok in checks]
 
 
 def csv_rows(res: dict) -> tuple[list[dict], list[str]]:
