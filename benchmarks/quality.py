@@ -108,7 +108,7 @@ TAIL_ORGANS = (
 BUDGETS = {
     "phantom": {
         "num_cases": 16, "shape": (64, 64, 48), "num_test": 4, "num_validation": 2, "labeled_fraction": 0.2,
-        "patch": 48, "n_filters": 8, "iterations": 1200, "epoch_length": 8, "batch": 2, "val_every": 100,
+        "pose_jitter": 1.0, "patch": 48, "n_filters": 8, "iterations": 1200, "epoch_length": 8, "batch": 2, "val_every": 100,
         "precision": "bf16", "channels_last": True, "timeout_s": 4 * 3600,
         # declared deviation from the references (module docstring): no dropout, Kaiming init where a
         # reference uses PyTorch's default; `--set dropout=0.5 --set network_def#init=null` restores them
@@ -383,9 +383,12 @@ def make_phantom(data_dir: Path, size: dict) -> dict:
     from scdl_monai.data.phantom import generate_phantom
 
     settings = {k: size[k] for k in ("num_cases", "shape", "num_test", "num_validation", "labeled_fraction")}
+    if size.get("pose_jitter"):
+        settings["pose_jitter"] = size["pose_jitter"]
     path = generate_phantom(
         data_dir, num_cases=size["num_cases"], shape=size["shape"], seed=0,
         labeled_fraction=size["labeled_fraction"], num_validation=size["num_validation"], num_test=size["num_test"],
+        pose_jitter=size.get("pose_jitter", 0.0),
     )  # fmt: skip
     info = describe_datalist(path, data_dir)
     info["data_id"] = {"phantom": {**settings, "shape": list(size["shape"]), "seed": 0}}
@@ -580,6 +583,7 @@ def markdown(res: dict) -> str:
                        + (f", {s['default_init']} init where a reference keeps PyTorch's default (supervised, MagicNet)"
                           if s.get("default_init") else ""))  # fmt: skip
     source = (f"phantom seed 0, {s['num_cases']} cases of {'x'.join(map(str, s['shape']))} voxels (1.5x1.5x2 mm)"
+              + (f", pose jitter {s['pose_jitter']}" if s.get("pose_jitter") else "")
               if "phantom" in data["data_id"] else f"datalist `{Path(data['datalist']).name}`")  # fmt: skip
     lines = [
         f"## Quality benchmark ({'QUICK smoke sizes, numbers meaningless' if res['quick'] else res['budget'] + ' budget'})",

@@ -169,13 +169,19 @@ def _take_top(field: np.ndarray, free: np.ndarray, k: int) -> np.ndarray:
 
 
 def phantom_case(
-    shape: Sequence[int] = (64, 64, 48), seed: int | Sequence[int] = 0
+    shape: Sequence[int] = (64, 64, 48), seed: int | Sequence[int] = 0, pose_jitter: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generate one phantom volume.
 
     Args:
         shape: (x, y, z) voxels, each >= 16.
         seed: seed (or seed sequence) of the ``numpy.random.Generator``.
+        pose_jitter: case-to-case variability of pose and anatomy, in [0, 1]. At ``s`` > 0 the
+            whole body is rotated about the superior axis by up to ±15·s degrees, scaled by
+            1 ± 0.1·s, shifted by up to ±(0.08, 0.08, 0.15)·s of the half-extent (the imaged
+            slab moves along the body), and every organ's centre jitters with
+            ``(1 + 2s)`` times the default spread. 0 (default) reproduces the original phantom
+            exactly (same draws); organ voxel counts, hence the imbalance, do not depend on it.
 
     Returns:
         ``(image, label)``: image ``int16`` HU of ``shape``; label ``uint8`` Synapse ids 0..13.
@@ -184,8 +190,19 @@ def phantom_case(
         ValueError: for a malformed ``shape``.
     """
     shape = _shape(shape)
+    pose_jitter = float(pose_jitter)
+    if not 0.0 <= pose_jitter <= 1.0:
+        raise ValueError(f"pose_jitter must be in [0, 1], got {pose_jitter!r}.")
     rng = np.random.default_rng(seed)
     grid = _coords(shape)
+    if pose_jitter > 0:  # anatomy coordinates of each voxel: undo shift, scale, rotation about z
+        angle = np.deg2rad(15.0) * pose_jitter * rng.uniform(-1.0, 1.0)
+        scale = 1.0 + 0.1 * pose_jitter * rng.uniform(-1.0, 1.0)
+        shift = pose_jitter * np.array([0.08, 0.08, 0.15]) * rng.uniform(-1.0, 1.0, 3)
+        gx, gy, gz = ((g - np.float32(d)) / np.float32(scale) for g, d in zip(grid, shift))
+        c, s_ = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+        grid = (c * gx + s_ * gy, -s_ * gx + c * gy, gz)
+    spread = 1.0 + 2.0 * pose_jitter
     x, y, z = grid
     n_vox = int(np.prod(shape))
 
@@ -215,12 +232,12 @@ def phantom_case(
         else:
             k = max(2, round(liver_k * _RELATIVE_SIZE[name] * rng.uniform(0.8, 1.25)))
         if kind == "blob":
-            centre = np.asarray(geo) + rng.normal(0.0, 0.03, 3)
+            centre = np.asarray(geo) + rng.normal(0.0, 0.03 * spread, 3)
             radii = np.asarray(size) * rng.uniform(0.85, 1.15, 3)
             field = 1.0 - sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii))
             field += 0.35 * _smooth_noise(rng, shape)
         else:
-            points = np.asarray(geo, dtype=np.float32) + rng.normal(0.0, 0.025, (len(geo), 3)).astype(np.float32)
+            points = np.asarray(geo, dtype=np.float32) + rng.normal(0.0, 0.025 * spread, (len(geo), 3)).astype(np.float32)
             field = -_segment_distance(grid, points) / float(size)
             field += 0.08 * _smooth_noise(rng, shape)
         mask = _take_top(field, free, k)
@@ -307,6 +324,7 @@ def generate_phantom(
     num_validation: int | None = None,
     num_test: int | None = None,
     relative: bool = False,
+    pose_jitter: float = 0.0,
 ) -> Path:
     """Write ``num_cases`` phantom image/label NIfTI pairs and a datalist JSON.
 
@@ -331,6 +349,8 @@ def generate_phantom(
         num_test: default ``max(1, round(0.2 * num_cases))``.
         relative: write paths relative to the JSON's folder (resolved by MONAI's
             ``load_decathlon_datalist``) instead of absolute ones.
+        pose_jitter: case-to-case pose and anatomy variability in [0, 1] (:func:`phantom_case`);
+            0 keeps the original phantom.
 
     Returns:
         path of the datalist JSON.
@@ -365,7 +385,7 @@ def generate_phantom(
     entries = []
     for i in range(num_cases):
         case_id = f"phantom_{i:03d}"
-        image, label = phantom_case(shape, seed=(int(seed), i))
+        image, label = phantom_case(shape, seed=(int(seed), i), pose_jitter=pose_jitter)
         img_path, lab_path = out / "images" / f"{case_id}.nii.gz", out / "labels" / f"{case_id}.nii.gz"
         _save_nifti(image, affine, img_path)
         _save_nifti(label, affine, lab_path)
@@ -391,6 +411,7 @@ def generate_phantom(
             "spacing": list(spacing),
             "seed": int(seed),
             "labeled_fraction": float(labeled_fraction),
+            **({"pose_jitter": float(pose_jitter)} if pose_jitter else {}),
         },
     }
     path = out / "datalist.json"
@@ -467,7 +488,12 @@ def class_voxel_shares(
 
 
 def phantom_cli(
-    out_dir: str, num_cases: int = 10, size: str = "small", seed: int = 0, labeled_fraction: float = 0.2
+    out_dir: str,
+    num_cases: int = 10,
+    size: str = "small",
+    seed: int = 0,
+    labeled_fraction: float = 0.2,
+    pose_jitter: float = 0.0,
 ) -> None:
     """Generate a phantom data set and print its per-class voxel-share table.
 
@@ -478,6 +504,7 @@ def phantom_cli(
             always 1.5×1.5×2.0 mm.
         seed: generator seed.
         labeled_fraction: fraction of training cases with labels.
+        pose_jitter: case-to-case pose and anatomy variability in [0, 1] (0: the original phantom).
 
     Raises:
         ValueError: unknown ``size`` (with did-you-mean) or bad counts.
@@ -488,7 +515,9 @@ def phantom_cli(
         shape = look_up_option(size.strip().lower(), PHANTOM_SIZES)
     except ValueError as err:
         raise ValueError(f"size={size!r} is not supported. {err}") from None
-    path = generate_phantom(out_dir, num_cases=num_cases, shape=shape, seed=seed, labeled_fraction=labeled_fraction)
+    path = generate_phantom(
+        out_dir, num_cases=num_cases, shape=shape, seed=seed, labeled_fraction=labeled_fraction, pose_jitter=pose_jitter
+    )
     datalist = json.loads(path.read_text())
     case_ids = sorted(e["case_id"] for key in ("training", "unlabeled", "validation", "test") for e in datalist[key])
     label_paths = [path.parent / "labels" / f"{case_id}.nii.gz" for case_id in case_ids]

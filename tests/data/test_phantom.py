@@ -122,3 +122,26 @@ def test_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="num_validation=3"):
         generate_phantom(tmp_path, num_cases=5, shape=TINY, num_validation=3, num_test=2)
     assert not (tmp_path / "datalist.json").exists()
+
+
+def test_pose_jitter_moves_anatomy_keeps_counts_and_zero_is_the_original():
+    shape = (32, 32, 32)
+    image0, label0 = phantom_case(shape, seed=(0, 2))
+    image_z, label_z = phantom_case(shape, seed=(0, 2), pose_jitter=0.0)
+    assert np.array_equal(image0, image_z) and np.array_equal(label0, label_z)
+
+    def liver_centres(jitter):
+        return np.array([np.argwhere(phantom_case(shape, seed=(0, i), pose_jitter=jitter)[1] == 6).mean(0)
+                         for i in range(5)])  # fmt: skip
+
+    assert liver_centres(1.0).std(0).sum() > 2 * liver_centres(0.0).std(0).sum()
+    _, label = phantom_case(shape, seed=(0, 2), pose_jitter=1.0)
+    counts = np.bincount(label.ravel(), minlength=14)
+    assert (counts[1:] > 0).all() and counts[6] / counts[1:].min() >= 500
+    with pytest.raises(ValueError, match="pose_jitter"):
+        phantom_case(shape, seed=0, pose_jitter=1.5)
+
+
+def test_generate_phantom_records_pose_jitter(tmp_path):
+    path = generate_phantom(tmp_path, num_cases=3, shape=(16, 16, 16), num_validation=1, num_test=1, pose_jitter=0.5)
+    assert json.loads(path.read_text())["phantom"]["pose_jitter"] == 0.5
