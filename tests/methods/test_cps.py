@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.methods.cps (METHODS.md §2) and the shared pieces of methods.base."""
+"""Tests for scdl_monai.methods.cps (docs/methods.md#cps) and the shared pieces of methods.base."""
 
 import pytest
 import torch
@@ -29,7 +29,7 @@ def batch(seed=0, n_l=1, n_u=1):
 
 
 def manual_cps(net_a, net_b, image_l, label_l, image_u, w, weight_a=None, weight_b=None):
-    """CPS written out directly from METHODS.md §2 with torch primitives."""
+    """CPS written out directly from docs/methods.md#cps with torch primitives."""
     x = torch.cat([image_l, image_u])
     z_a, z_b = net_a(x), net_b(x)
     n = image_l.shape[0]
@@ -147,7 +147,7 @@ def test_init_b_reinitialises_network_b_only():
     b0 = {k: v.clone() for k, v in net_b.state_dict().items()}
     CPS(net_a, net_b, init_b="xavier")
     assert all(torch.equal(a0[k], v) for k, v in net_a.state_dict().items())
-    # every (non-transposed) convolution is re-drawn; transposed convs keep their default init (METHODS.md §1)
+    # every (non-transposed) convolution is re-drawn; transposed convs keep their default init (docs/methods.md)
     conv_keys = [f"{name}.weight" for name, m in net_b.named_modules() if type(m) is nn.Conv3d]
     assert conv_keys and all(not torch.equal(b0[k], net_b.state_dict()[k]) for k in conv_keys)
     net_a2, net_b2 = nets()
