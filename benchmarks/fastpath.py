@@ -62,7 +62,7 @@ TRAIN_CONFIGS = {
 }
 INFER_CONFIGS = ("monai_fp32", "policy_fast")
 
-#: reference configuration of issue 10 (DHC on Synapse: 14 classes, n_filters 32).
+#: reference configuration of the fast-path target (docs/performance.md): DHC on Synapse, 14 classes, n_filters 32.
 FULL = {
     "n_filters": 32, "num_classes": 14, "batch_l": 2, "batch_u": 2, "patch": (32, 64, 64),
     "volume": (80, 160, 160), "roi": (32, 64, 64), "sw_batch_size": 1, "warmup": 2, "iters": 5, "infer_reps": 2,

@@ -1,4 +1,4 @@
-"""Speed and memory benchmark (GitHub issue 8): every method ± SCDL (both SAC modes), one run.
+"""Speed and memory benchmark: every method ± SCDL (both SAC modes), one run.
 
 What it measures, per configuration, on the **bundle configs users run** (composed and shrunk
 exactly as in ``benchmarks/quality.py``: same patch size, ``n_filters``, batch and overrides):
@@ -19,7 +19,7 @@ exactly as in ``benchmarks/quality.py``: same patch size, ``n_filters``, batch a
   overlap 0.5) on one whole phantom volume (:func:`scdl_monai.data.phantom.phantom_case`), voxels/s
   (median of repeats after a one-window warm-up);
 * **fast path** (``--fast-path``): each configuration without SCDL also as ``<config>@fast`` with
-  the bundle keys ``precision`` bf16 and ``channels_last`` true (issue 10), right after its fp32
+  the bundle keys ``precision`` bf16 and ``channels_last`` true (docs/performance.md), right after its fp32
   run; the table gives the ratios (training time, inference throughput, peak memory) and the
   precision the policy actually used (fp32 where the CPU lacks bf16: the fallback is logged);
 * **SCDL overhead**: each ``<method>+scdl[<sac mode>]`` relative to ``<method>`` (time, CPU time,
@@ -37,7 +37,7 @@ Examples::
     python benchmarks/speed.py                   # all configurations, ~8 min on 2 cores
     python benchmarks/speed.py --quick --out /tmp/speed
     python benchmarks/speed.py --configs cps cps+scdl[masked_image] --iters 10
-    python benchmarks/speed.py --fast-path       # + each method in bf16 + channels_last (issue 10)
+    python benchmarks/speed.py --fast-path       # + each method in bf16 + channels_last
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ QUICK = {**QUALITY_QUICK, "num_cases": 5, "num_test": 1, "num_validation": 1, "l
          "warmup": 1, "iters": 1, "volume": (48, 48, 48), "infer_reps": 1, "timeout_s": 300}  # fmt: skip
 
 
-#: Suffix of a configuration run with the fast path (GitHub issue 10): ``precision`` bf16 and
+#: Suffix of a configuration run with the fast path (docs/performance.md): ``precision`` bf16 and
 #: ``channels_last`` true, the two bundle keys of ``scdl_monai.precision.PrecisionPolicy``.
 FAST = "@fast"
 
@@ -308,7 +308,7 @@ def markdown(res: dict) -> str:
             f"{o['peak_rss_x']:.2f} | {o['inference_time_x']:.2f} |"
         )
     if res.get("fast_paths"):
-        lines += ["", "Fast path (GitHub issue 10: `--precision bf16 --channels_last true`) vs the same configuration "
+        lines += ["", "Fast path (`--precision bf16 --channels_last true`, docs/performance.md) vs the same configuration "
                   "in fp32, same run:", "",
                   "| configuration | fp32 s/it | fast s/it | time x | CPU time x | fp32 inference voxels/s "
                   "| fast inference voxels/s | inference speed-up | peak RSS x | effective precision |",
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per configuration")
     parser.add_argument("--out", default=str(RESULTS), help="output folder (speed.{md,json})")
     parser.add_argument("--fast-path", action="store_true",
-                        help="also run every configuration without SCDL as <config>@fast (bf16 + channels_last, issue 10)")  # fmt: skip
+                        help="also run every configuration without SCDL as <config>@fast (bf16 + channels_last)")  # fmt: skip
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:

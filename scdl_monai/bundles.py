@@ -1,8 +1,8 @@
 """Compose bundle configs from overlays and write self-contained MONAI bundle directories.
 
-The single source of truth is ``bundles/_components/`` (BUNDLES.md §1–2, ARCHITECTURE.md):
+The single source of truth is ``bundles/_components/`` (docs/bundles.md):
 
-* ``train.json`` / ``inference.json`` — complete base configs (native protocol, PROTOCOL.md §3);
+* ``train.json`` / ``inference.json`` — complete base configs (native protocol, docs/data.md);
 * ``evaluate.json`` / ``multi_gpu_train.json`` — overlays applied on top of ``train.json``;
 * ``datasets/<dataset>.json`` — classes and dataset folder (Synapse C=14, AMOS C=16);
 * ``backbones/<backbone>.json`` — ``network_def`` (VNet default, MONAI UNet, SegResNet);
@@ -92,12 +92,12 @@ DATASETS: tuple[str, ...] = ("synapse", "amos")
 #: Backbones with overlays under ``bundles/_components/backbones/``.
 BACKBONES: tuple[str, ...] = ("vnet", "unet", "segresnet")
 DEFAULT_BACKBONE = "vnet"
-#: Preprocessing protocols (PROTOCOL.md §3): "native" is in the base configs, the others are
+#: Preprocessing protocols (docs/data.md): "native" is in the base configs, the others are
 #: overlays under ``bundles/_components/protocols/<protocol>/``.
 PROTOCOLS: tuple[str, ...] = ("native", "dhc", "ga")
 #: The protocol of the base configs (no protocol overlay).
 DEFAULT_PROTOCOL = "native"
-#: Default protocol of each method: the preprocessing of its reference (PROTOCOL.md §3): "dhc" for
+#: Default protocol of each method: the preprocessing of its reference (docs/data.md): "dhc" for
 #: DHC, GenericSSL and CPS (the DHC paper's CPS baseline, ``xmed-lab/DHC:code/train_cps.py``: random
 #: crops of the DHC grid; the native, class-balanced CPS ships in the same bundle as the
 #: ``configs/cps_native.json`` overlay), "ga" for GA-CPS and the MagicNet family (96³ patches on
@@ -114,7 +114,7 @@ METHOD_PROTOCOLS: dict[str, str] = {
 }
 #: Methods composed on top of another method's overlays (``methods/<base>/<kind>.json`` first).
 METHOD_BASES: dict[str, str] = {"ga_magicnet": "magicnet"}
-#: Baselines whose SCDL variant ships (the paper's four, 004 Table 1, plus CPS).
+#: Baselines whose SCDL variant ships (the paper's four, SCDL paper Table 1, plus CPS).
 SCDL_METHODS: tuple[str, ...] = ("cps", "dhc", "ga_cps", "ga_magicnet", "genericssl")
 #: The bundles generated into ``bundles/`` and committed: ``(method, dataset, scdl)``, every method
 #: on both datasets, then the SCDL variants.

@@ -1,6 +1,6 @@
 """Magic-cube operations of MagicNet (Chen et al., CVPR'23) as pure tensor functions.
 
-MagicNet (METHODS.md §6) splits each training patch into a ``g × g × g`` grid of cubes (g = 3:
+MagicNet (docs/methods.md#magicnet) splits each training patch into a ``g × g × g`` grid of cubes (g = 3:
 a 96³ patch gives 27 cubes of 32³) and uses them three ways:
 
 1. **Cross-image partition and recovery** — for every grid position an independent permutation of

@@ -1,6 +1,6 @@
 """A small Gaussian-diffusion utility: linear β schedule, forward noising and a respaced DDIM sampler.
 
-This is the part of DDPM/DDIM that GenericSSL / A&D needs (``../shared/spec/METHODS.md`` §4), written
+This is the part of DDPM/DDIM that GenericSSL / A&D needs (``docs/methods.md#diffusion``), written
 for segmentation maps: the "data" ``x0`` is a one-hot label map scaled to ``[-1, 1]`` and the
 network predicts ``x0`` directly (guided-diffusion's ``ModelMeanType.START_X``). Facts checked
 against ``xmed-lab/GenericSSL:code/DiffVNet/diff_vnet.py`` and
@@ -35,7 +35,7 @@ from torch import nn
 
 __all__ = ["linear_beta_schedule", "space_timesteps", "GaussianDiffusion"]
 
-#: Reference constants (METHODS.md §4; GenericSSL ``diff_vnet.py``: ``time_steps = 1000``,
+#: Reference constants (docs/methods.md#diffusion; GenericSSL ``diff_vnet.py``: ``time_steps = 1000``,
 #: ``get_named_beta_schedule("linear", ...)``, ``space_timesteps(1000, [10])``).
 NUM_TIMESTEPS = 1000
 BETA_START = 1e-4
@@ -106,7 +106,7 @@ def space_timesteps(num_timesteps: int, num_steps: int) -> tuple[int, ...]:
 
 
 class GaussianDiffusion(nn.Module):
-    """Forward noising and respaced DDIM sampling for an x0-predicting model (METHODS.md §4).
+    """Forward noising and respaced DDIM sampling for an x0-predicting model (docs/methods.md#diffusion).
 
     Shapes: ``x0``/``x_t``/``noise`` are ``(B, C, *spatial)``; timesteps are ``(B,)`` integer
     tensors with values in ``[0, num_timesteps)``.
@@ -258,7 +258,7 @@ class GaussianDiffusion(nn.Module):
 
         Runs under ``torch.no_grad()`` (pseudo-labels carry no gradient). The model's train/eval
         mode is the caller's business: GenericSSL samples in **train** mode (dropout and batch-norm
-        batch statistics active, METHODS.md §4).
+        batch statistics active, ``xmed-lab/GenericSSL@e73bde94:code/train_diffusion.py``).
 
         Args:
             denoise_fn: ``denoise_fn(x_t, t) -> x0 prediction`` with ``x_t`` of ``shape`` and ``t``

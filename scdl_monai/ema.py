@@ -6,8 +6,8 @@ Two forms are used in this literature:
   parameters with identical names and shapes (UA-MT/SSL4MIS ``update_ema_variables``, used by
   MagicNet's teacher). Strict: the two modules must have the same parameter names and shapes.
 * :func:`ema_average_into` — GenericSSL / A&D's decoder aggregation
-  ``θ ← m·θ + (1−m)·mean(sources)`` (``../shared/spec/METHODS.md`` §4, step 1; reference
-  ``xmed-lab/GenericSSL:code/train_diffusion.py``, loop over ``decoder_theta.named_parameters()``
+  ``θ ← m·θ + (1−m)·mean(sources)`` (docs/methods.md#training-step, step 1; reference
+  ``xmed-lab/GenericSSL@e73bde94:code/train_diffusion.py``, loop over ``decoder_theta.named_parameters()``
   before each iteration, ``ema_w = 0.99``). Lenient, as the reference: a target parameter is
   updated only when every source has a parameter of the same name and shape (so D_ξ's time
   projections, absent from D_θ, are never involved) and it is not excluded by ``skip``.

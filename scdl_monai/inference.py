@@ -14,8 +14,8 @@ Command line::
     python -m scdl_monai.inference --input /path/dicom_series/ --bundle DIR --output out_dir/ \\
         --device cuda:0 --sw_output_device cpu
 
-Why BUNDLES.md §7 item 5: orientation and inversion at inference are a recurring bundle complaint
-(model-zoo #766, #181), so the round trip is tested on LPS NIfTI and DICOM inputs
+Why: orientation and inversion at inference are a recurring complaint of bundle users
+(``Project-MONAI/model-zoo#766`` and ``#181``), so the round trip is tested on LPS NIfTI and DICOM inputs
 (``tests/test_inference.py``).
 """
 

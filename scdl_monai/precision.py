@@ -2,7 +2,7 @@
 
 One object, chosen once in the bundle config, decides how a run computes; the trainer
 (:class:`~scdl_monai.engines.trainer.SemiSupervisedTrainer`, ``precision=``) and the inferer
-(:class:`PolicyInferer`) apply it, nothing else branches on it (GitHub issue 10)::
+(:class:`PolicyInferer`) apply it, nothing else branches on it (docs/performance.md)::
 
     "precision": {"_target_": "scdl_monai.precision.PrecisionPolicy", "precision": "bf16", "channels_last": true}
 

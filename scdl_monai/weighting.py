@@ -1,9 +1,9 @@
 """Class-weighting trackers of DHC: distribution-aware (DistDW) and difficulty-aware (DiffDW).
 
 DHC (Wang & Li, MICCAI'23) trains two CPS networks with heterogeneous class weights that are
-recomputed every iteration: network A uses DiffDW, network B uses DistDW (METHODS.md §3). The
+recomputed every iteration: network A uses DiffDW, network B uses DistDW (docs/methods.md#dhc). The
 same (C,) vector goes into that network's weighted CE, weighted Dice and CPS-CE. GenericSSL /
-A&D (METHODS.md §4) reuses DiffDW without the final max-normalisation.
+A&D (docs/methods.md#genericssl) reuses DiffDW without the final max-normalisation.
 
 The maths are pure functions (:func:`class_counts`, :func:`distdw_weights`,
 :func:`hard_dice_per_class`); the trackers :class:`DistDW` and :class:`DiffDW` are ``nn.Module``
@@ -108,7 +108,7 @@ def distdw_weights(counts: torch.Tensor | Sequence[float]) -> torch.Tensor:
         ValueError: when ``counts`` is not one-dimensional, empty, or has a negative entry.
 
     Example:
-        >>> distdw_weights(torch.tensor([1e6, 1e4, 1e2, 0.0]))  # METHODS.md §3 worked example
+        >>> distdw_weights(torch.tensor([1e6, 1e4, 1e2, 0.0]))  # docs/methods.md#distdw example
         tensor([0.0000, 0.5714, 1.1429, 4.0000])
     """
     counts_t = torch.as_tensor(counts)
@@ -138,7 +138,7 @@ def hard_dice_per_class(
     positive value (never 0, so ``ln`` stays finite in :class:`DiffDW`).
 
     Source: ``xmed-lab/DHC:code/utils/loss.py`` ``SoftDiceLoss(smooth=1e-8, do_bg=True)`` on one-hot
-    argmax maps with ``is_training=False`` (METHODS.md §3 DiffDW step 1).
+    argmax maps with ``is_training=False`` (docs/methods.md#diffdw, step 1).
 
     Args:
         pred_labels: integer predicted labels, any shape.
@@ -176,7 +176,7 @@ class DistDW(nn.Module):
 
     .. math::  w \\leftarrow m\\,w + (1-m)\\,\\mathrm{distdw\\_weights}(\\mathrm{counts})
 
-    No clamp or normalisation afterwards (METHODS.md §3; ``xmed-lab/DHC:code/train_dhc.py``
+    No clamp or normalisation afterwards (docs/methods.md#distdw; ``xmed-lab/DHC@990998d0:code/train_dhc.py``
     ``DistDW.get_ema_weights``; momentum 0.99 as passed by the DHC script, the class default
     there is 0.95).
 
@@ -238,7 +238,7 @@ class DiffDW(nn.Module):
 
     Each call to ``update(pred_labels, target)`` (argmax of the network's **labeled** logits and
     the ground truth) runs, in the reference order (``xmed-lab/DHC:code/train_dhc.py``
-    ``DiffDW.cal_weights``; METHODS.md §3):
+    ``DiffDW.cal_weights``; docs/methods.md#diffdw):
 
     1. ``λ = hard_dice_per_class(pred, target)`` — background included, batch Dice.
     2. ``Δ = λ − last``; ``l = max(Δ, 0)·ln(λ/last)``; ``u = min(Δ, 0)·ln(λ/last)`` (both ≥ 0);

@@ -30,6 +30,56 @@ from scdl_monai.data.transforms import protocol_transforms
 from .conftest import REPO_ROOT
 
 
+def _plain(value):
+    """Transform arguments as comparable plain Python (arrays, tuples, enums and dtypes included)."""
+    if isinstance(value, (str, bool, int, float)) or value is None:
+        return value
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, tensors
+        return _plain(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    return str(getattr(value, "value", value))  # enums (MONAI modes) and dtypes
+
+
+def _key_args(transform) -> tuple[str, dict]:
+    """A preprocessing transform's type and the arguments that decide its output.
+
+    Keys for every transform; sizes, spacing, orientation, intensity window, interpolation modes,
+    class counts and output dtypes where the transform has them. An unknown type fails, so a new
+    transform in a chain cannot be compared by its name only.
+    """
+    name = type(transform).__name__
+    args = {"keys": _plain(tuple(transform.keys))}
+    if name == "Orientationd":
+        args |= {"axcodes": transform.ornt_transform.axcodes, "labels": _plain(transform.ornt_transform.labels)}
+    elif name == "Spacingd":
+        args |= {"pixdim": _plain(transform.spacing_transform.pixdim), "mode": _plain(transform.mode)}
+    elif name == "ScaleIntensityRanged":
+        s = transform.scaler
+        args |= {"window": (s.a_min, s.a_max), "out": (s.b_min, s.b_max), "clip": s.clip}
+    elif name == "ScaleIntensityd":
+        args |= {"range": (transform.scaler.minv, transform.scaler.maxv)}
+    elif name == "Resized":
+        args |= {"spatial_size": _plain(transform.resizer.spatial_size), "mode": _plain(transform.mode)}
+    elif name == "SpatialPadd":
+        args |= {"spatial_size": _plain(transform.padder.spatial_size)}
+    elif name in ("RandSpatialCropd", "CenterSpatialCropd"):
+        args |= {"roi_size": _plain(transform.cropper.roi_size)}
+    elif name == "ReferenceRandomCropd":
+        args |= {"roi_size": _plain(transform.roi_size), "margin": transform.margin}
+    elif name == "RandCropByLabelClassesd":
+        c = transform.cropper
+        args |= {"spatial_size": _plain(c.spatial_size), "ratios": _plain(c.ratios), "num_classes": c.num_classes,
+                 "num_samples": c.num_samples, "label_key": transform.label_key}  # fmt: skip
+    elif name == "ClassesToIndicesd":
+        args |= {"num_classes": transform.converter.num_classes}
+    elif name == "EnsureTyped":
+        args |= {"dtype": _plain(transform.dtype)}
+    elif name not in ("LoadImaged", "EnsureChannelFirstd", "DeleteItemsd"):
+        raise AssertionError(f"_key_args: no key arguments known for {name}; add them here")
+    return name, args
+
+
 def test_committed_bundles_equal_their_regeneration(tmp_path):
     """The committed bundles/ folders are exactly what the components generate (edit components, not bundles)."""
     problems = []
@@ -97,14 +147,22 @@ def test_overlays_stay_overlays():
 
 
 def test_train_transforms_follow_the_native_protocol():
-    """The JSON chain is the same sequence of MONAI transforms as protocol_transforms('native', 'train')."""
+    """The JSON chain is protocol_transforms('native', 'train'): same transforms with the same key arguments."""
     parser = ConfigParser(compose_config("train", "cps", "synapse", protocol="native"))
     parser.update({"patch_size": [32, 32, 32]})
-    chain = parser.get_parsed_content("train#preprocessing").transforms
+    chain = [_key_args(t) for t in parser.get_parsed_content("train#preprocessing").transforms]
     reference = protocol_transforms("native", "train", num_classes=14, patch_size=(32, 32, 32)).transforms
-    assert [type(t).__name__ for t in chain] == [type(t).__name__ for t in reference]
-    spacing = [t for t in chain if type(t).__name__ == "Spacingd"][0]
-    assert tuple(spacing.spacing_transform.pixdim) == (1.5, 1.5, 2.0)
+    assert chain == [_key_args(t) for t in reference]
+    args = dict(chain)
+    assert args["Orientationd"]["axcodes"] == "RAS"
+    assert args["Spacingd"]["pixdim"] == (1.5, 1.5, 2.0)
+    assert args["ScaleIntensityRanged"]["window"] == (-125.0, 275.0)
+    assert args["RandCropByLabelClassesd"]["spatial_size"] == (32, 32, 32)
+    assert args["RandCropByLabelClassesd"]["num_classes"] == 14
+    # a changed key argument in the config is seen (not only a changed transform type)
+    parser.update({"pixdim": [1.0, 1.0, 1.0], "a_min": -100})
+    changed = dict(_key_args(t) for t in parser.get_parsed_content("train#preprocessing", lazy=False).transforms)
+    assert changed["Spacingd"]["pixdim"] == (1.0, 1.0, 1.0) and changed["ScaleIntensityRanged"]["window"][0] == -100.0
 
 
 @pytest.mark.parametrize("method,dataset,scdl", SHIPPED)
@@ -234,15 +292,18 @@ def test_protocol_overlays_follow_protocol_transforms(protocol, tmp_path):
         ("train#unlabeled_preprocessing", "train", ("image",)),
         ("validate#preprocessing", "eval", ("image", "label")),
     ):
-        chain = [type(t).__name__ for t in parser.get_parsed_content(section).transforms]
-        reference = [type(t).__name__ for t in protocol_transforms(protocol, stage, keys=keys).transforms]
+        chain = [_key_args(t) for t in parser.get_parsed_content(section).transforms]
+        reference = [_key_args(t) for t in protocol_transforms(protocol, stage, keys=keys).transforms]
         if section == "validate#preprocessing" and protocol == "dhc":
             # model selection on one centre crop per case (DHC reference), not in evaluate.json
-            assert chain.pop() == "CenterSpatialCropd"
+            assert chain.pop() == ("CenterSpatialCropd", {"keys": ("image", "label"), "roi_size": (128, 128, 64)})
         assert chain == reference, section
     infer = ConfigParser(compose_config("inference", "cps", "synapse", protocol=protocol))
-    chain = [type(t).__name__ for t in infer.get_parsed_content("preprocessing").transforms]
-    assert chain == [type(t).__name__ for t in protocol_transforms(protocol, "infer").transforms]
+    chain = [_key_args(t) for t in infer.get_parsed_content("preprocessing").transforms]
+    assert chain == [_key_args(t) for t in protocol_transforms(protocol, "infer").transforms]
+    args = dict(chain)
+    assert args["Resized"]["spatial_size"] == (160, 160, 80)
+    assert args["ScaleIntensityRanged"]["window"] == ((-75.0, 275.0) if protocol == "dhc" else (-125.0, 275.0))
     assert bundle_name("supervised", "synapse", protocol=protocol) == f"supervised_synapse_{protocol}"
     meta = tmp_path / "metadata.json"
     meta.write_text(json.dumps(build_metadata("cps", "synapse", protocol=protocol)))

@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.cubes: MagicNet cube partition / recovery / blending (METHODS.md §6)."""
+"""Tests for scdl_monai.cubes: MagicNet cube partition / recovery / blending (docs/methods.md#magicnet)."""
 
 from __future__ import annotations
 

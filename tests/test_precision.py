@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.precision (issue 10): policy resolution, memory format, guard, trainer, inferer."""
+"""Tests for scdl_monai.precision (docs/performance.md): policy resolution, memory format, guard, trainer, inferer."""
 
 import json
 import logging

@@ -1,4 +1,4 @@
-"""Security rules of the package (issue 9): checkpoints are loaded without unpickling code, and no
+"""Security rules of the package (docs/reliability.md): checkpoints are loaded without unpickling code, and no
 data or file content is evaluated as Python. Bundle configs themselves are code (README, Security)."""
 
 import ast

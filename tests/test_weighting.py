@@ -15,7 +15,7 @@ from scdl_monai.weighting import DiffDW, DistDW, class_counts, distdw_weights, h
 
 
 def test_distdw_worked_example_from_methods():
-    # METHODS.md §3: counts [1e6, 1e4, 1e2, 0], C=4 -> [0, 0.571, 1.143, 4]
+    # docs/methods.md#distdw: counts [1e6, 1e4, 1e2, 0], C=4 -> [0, 0.571, 1.143, 4]
     w = distdw_weights(torch.tensor([1e6, 1e4, 1e2, 0.0]))
     assert torch.allclose(w, torch.tensor([0.0, 0.571, 1.143, 4.0]), atol=5e-4)
     # exact values: C * ln(P_k) / ln(P_max), P_k = (1e6 + 1e-8) / (N_k + 1e-8)
@@ -155,7 +155,7 @@ def plain_hard_dice(target, pred, num_classes):
 
 
 def plain_diffdw_trace(trace, num_classes, m=0.98, alpha=0.2, normalize=True):
-    """DiffDW recurrence (METHODS.md §3, DHC train_dhc.py order) in plain Python floats."""
+    """DiffDW recurrence (docs/methods.md#diffdw, DHC train_dhc.py order) in plain Python floats."""
     last = [1e-8] * num_classes
     learn = [0.0] * num_classes
     unlearn = [0.0] * num_classes

@@ -1,6 +1,6 @@
 """Build MONAI datalist JSON files from a downloaded dataset and the shipped official splits.
 
-A datalist holds four lists (``../shared/spec/PROTOCOL.md`` §2, ``notes/API.md`` "data"):
+A datalist holds four lists (docs/data.md#official-splits):
 
 * ``training``: the labeled part of the official ``train`` list (image + label),
 * ``unlabeled``: the rest of ``train`` (image only),
@@ -9,7 +9,7 @@ A datalist holds four lists (``../shared/spec/PROTOCOL.md`` §2, ``notes/API.md`
   cases, the AMOS test split is the ``imagesVa`` release).
 
 Every entry also carries ``case_id``. The file is readable by :func:`monai.data.load_decathlon_datalist`
-for each of the four keys. Release layouts (PROTOCOL §1) are described in
+for each of the four keys. Release layouts (docs/data.md#datasets) are described in
 :mod:`scdl_monai.data.datasets` and detected automatically under the dataset root.
 """
 
@@ -265,7 +265,7 @@ def build_datalist(
 
     Args:
         dataset: ``"synapse"`` or ``"amos"``.
-        root: the folder the release was extracted into (layout detected, PROTOCOL §1).
+        root: the folder the release was extracted into (layout detected, docs/data.md#datasets).
         labeled: labeled fraction tag of the split (``"20p"``, ``"0.2"``, ``"5p"``, ``0.2``; ``"all"``
             for every train case labeled); validated against the ``labeled_*.txt`` files present.
         split: official split name (default: the dataset's, e.g. ``"synapse_2023"``) or a folder

@@ -1,7 +1,7 @@
 """Dataset definitions: class names, label ids, release layouts and official splits.
 
-Sources: ``../shared/spec/PROTOCOL.md`` §1–2 (Synapse/BTCV release layout, AMOS 2022 layout,
-label ids) — the AMOS ``dataset.json`` names contain typos ("arota", "postcava"), so names are
+Sources: docs/data.md (Synapse/BTCV release layout, AMOS 2022 layout, label ids, official
+splits) — the AMOS ``dataset.json`` names contain typos ("arota", "postcava"), so names are
 written out here instead of being read from that file.
 """
 
@@ -106,7 +106,7 @@ SYNAPSE = DatasetSpec(
     splits=("synapse_2023", "synapse_current"),
     default_split="synapse_2023",
     labeled_fractions={"synapse_2023": ("10p", "20p", "40p"), "synapse_current": ("0.2",)},
-    # PROTOCOL §1: the official release, the same tree with the root one or two levels down, and
+    # docs/data.md#datasets: the official release, the same tree with the root one or two levels down, and
     # the MSD-like layout read by the reference code. The ``test`` ids are labelled training cases.
     layouts=tuple(
         ReleaseLayout(name, {"train": pair, "test": pair}, "img{case_id}", "label{case_id}")
@@ -142,7 +142,7 @@ AMOS = DatasetSpec(
     splits=("amos",),
     default_split="amos",
     labeled_fractions={"amos": ("2p", "5p", "10p")},
-    # PROTOCOL §1–2: train/eval ids come from imagesTr, the ``test`` split is the validation release.
+    # docs/data.md: train/eval ids come from imagesTr, the ``test`` split is the validation release.
     layouts=(ReleaseLayout("amos", {"train": ("imagesTr", "labelsTr"), "test": ("imagesVa", "labelsVa")}),),
 )
 

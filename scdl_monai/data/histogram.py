@@ -1,6 +1,6 @@
 """Class histogram of ground-truth label volumes (voxel count per class).
 
-DHC initialises its distribution-aware weighting (DistDW, METHODS.md §3) from the class histogram
+DHC initialises its distribution-aware weighting (DistDW, docs/methods.md#distdw) from the class histogram
 of **all voxels of all labeled training volumes**, computed once before training
 (``xmed-lab/DHC:code/train_dhc.py``, ``DistDW.init_weights``: ``np.histogram`` of every labeled
 volume of the split, summed). :func:`label_histogram` computes that histogram from the same

@@ -1,8 +1,7 @@
 """Dataset integrity check before training, in the spirit of nnU-Net's ``--verify_dataset_integrity``.
 
 Every file of a datalist is opened once and every problem is collected, so one run lists all of
-them instead of stopping at the first (the habit ``../shared/spec/STYLE.md`` asks for: one clear
-report naming each file and key). Checks per entry:
+them instead of stopping at the first: one clear report naming each file and key. Checks per entry:
 
 * each file exists, is not empty and can be read to the end (a truncated ``.nii.gz`` fails only
   when its data are decompressed, so arrays are read in full);
@@ -18,7 +17,7 @@ report naming each file and key). Checks per entry:
 * an image listed twice (e.g. in ``training`` and ``test``) is reported as a leak.
 
 NIfTI files are read with nibabel; the affine is the one nibabel reports (sform when its code is
-set, else qform), so qform-only headers such as AMOS's (sform_code 0, qfac -1, PROTOCOL §1) pass.
+set, else qform), so qform-only headers such as AMOS's (sform_code 0, qfac -1, docs/data.md#datasets) pass.
 DICOM series folders and other formats are read with MONAI's :class:`~monai.data.ITKReader`
 (affine converted to RAS, array in the same x, y, z order as nibabel's).
 """

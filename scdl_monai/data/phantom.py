@@ -21,7 +21,7 @@ Organ sizes are exact: each organ is the ``k`` voxels with the highest value of 
 ellipsoid- or tube-shaped random field among still-unassigned body voxels, with ``k`` drawn as
 a fraction of the liver's count (relative sizes loosely follow adult organ volumes; the adrenals
 are drawn at liver/550 … liver/850). Labels are Synapse ids and names
-(:data:`scdl_monai.data.datasets.SYNAPSE`, PROTOCOL.md §1).
+(:data:`scdl_monai.data.datasets.SYNAPSE`, docs/data.md#datasets).
 
 HU values are typical portal-venous-phase CT values (liver 60, spleen 50, kidneys 35, aorta 150,
 fat −95, air −1000), chosen for plausibility, not taken from a specific source.

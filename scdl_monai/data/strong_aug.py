@@ -1,7 +1,7 @@
 """GenericSSL's "StrongAug" policy as one MONAI dictionary transform: 3 of 6 random ops per sample.
 
-Source: ``../shared/spec/METHODS.md`` §4 ("Augmentation StrongAug") and the reference
-``xmed-lab/GenericSSL:code/data/StrongAug.py`` (``get_StrongAug(patch_size, 3, 0.7)``,
+Source: docs/methods.md#training-step ("StrongAug") and the reference
+``xmed-lab/GenericSSL@e73bde94:code/data/StrongAug.py`` (``get_StrongAug(patch_size, 3, 0.7)``,
 ``RandomSelect``, ``RotationTransform``, ``ScaleTransform``) with its batchgenerators 0.21 pieces
 (``GaussianBlurTransform``, ``BrightnessMultiplicativeTransform``, ``ContrastAugmentationTransform``,
 ``GammaTransform``). Per sample, ``num_ops = 3`` of the six ops are drawn without replacement in a

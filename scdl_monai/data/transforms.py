@@ -6,7 +6,7 @@ Two concepts live here because both are "what a volume looks like before it reac
   and AMOS-15 ids (:func:`label_map`, :func:`label_map_transform`, :func:`labelmap_cli`). The table
   is the one in ``data/totalsegmentator-samples/README.md`` ("Label-id mapping used for
   ``derived/``"); every source id that is not an organ of the target becomes 0 (background).
-* **Preprocessing protocols** of ``PROTOCOL.md`` §3 (:func:`protocol_transforms`): ``"dhc"``
+* **Preprocessing protocols** of docs/data.md (:func:`protocol_transforms`): ``"dhc"``
   (DHC paper era / GenericSSL), ``"ga"`` (GA-CPS, GA-MagicNet, SCDL) and ``"native"`` (this
   project's clinical-units protocol, default for demo and inference bundles).
 
@@ -68,7 +68,7 @@ __all__ = [
 # Label maps
 # --------------------------------------------------------------------------------------------
 
-#: Highest id of each label scheme. Synapse 0–13 and AMOS 0–15: PROTOCOL.md §1. TotalSegmentator
+#: Highest id of each label scheme. Synapse 0–13 and AMOS 0–15: docs/data.md. TotalSegmentator
 #: v2 ``total`` has 117 classes, ``total_mr`` (the 50-class map of the shipped sample) 50 and v1
 #: ``total`` 104 (samples README, "label(s)" column).
 LABEL_SCHEMES: dict[str, int] = {
@@ -236,7 +236,7 @@ def labelmap_cli(input: str, output: str, source: str = "total", target: str = "
 
 
 # --------------------------------------------------------------------------------------------
-# Preprocessing protocols (PROTOCOL.md §3)
+# Preprocessing protocols (docs/data.md#preprocessing-protocols)
 # --------------------------------------------------------------------------------------------
 
 PROTOCOLS: tuple[str, ...] = ("dhc", "ga", "native")
@@ -246,13 +246,13 @@ STAGES: tuple[str, ...] = ("train", "eval", "infer")
 #:
 #: * ``dhc``: HU clip [−75, 275] then per-volume min–max to [0, 1]; resize the whole volume to
 #:   (160, 160, 80) (reference (80, 160, 160) z,y,x); random crop (128, 128, 64) (reference
-#:   64×128×128 z,y,x). Source: PROTOCOL.md §3 (DHC paper-era code, GenericSSL).
+#:   64×128×128 z,y,x). Source: DHC paper-era code (``xmed-lab/DHC@a6f72d37:code/data/``), GenericSSL.
 #: * ``ga``: HU window [−125, 275] mapped by (x+125)/400 (clipped to [0, 1]); resize grid
 #:   160×160×80 (where GA test predictions and labels are evaluated); patch 96³. Source:
-#:   PROTOCOL.md §3 (GA-CPS / GA-MagicNet / SCDL).
+#:   ``cicailalala/GALoss@65642f50`` (GA-CPS / GA-MagicNet; SCDL follows GA).
 #: * ``native``: RAS, spacing (1.5, 1.5, 2.0) mm, window [−125, 275] -> [0, 1] (the GA window, so
 #:   intensities match the SCDL numbers), patch (96, 96, 64) (divisible by 16 for the V-Net).
-#:   Source: PROTOCOL.md §3 ("e.g. 1.5×1.5×2 mm"); window and patch are this project's choice.
+#:   This project's own protocol (docs/data.md#preprocessing-protocols).
 PROTOCOL_DEFAULTS: dict[str, dict] = {
     "dhc": {"window": (-75.0, 275.0), "resize": (160, 160, 80), "patch_size": (128, 128, 64)},
     "ga": {"window": (-125.0, 275.0), "resize": (160, 160, 80), "patch_size": (96, 96, 96)},
@@ -291,7 +291,7 @@ def protocol_transforms(
     reader: str | None = None,
     seed: int | None = None,
 ) -> Compose:
-    """The preprocessing chain of a protocol (PROTOCOL.md §3) as a MONAI ``Compose``.
+    """The preprocessing chain of a protocol (docs/data.md#preprocessing-protocols) as a MONAI ``Compose``.
 
     Every chain starts with ``LoadImaged`` + ``EnsureChannelFirstd`` (items are dicts of file
     paths, as in a decathlon datalist) and yields ``MetaTensor`` s of shape ``(1, x, y, z)``:
@@ -317,7 +317,7 @@ def protocol_transforms(
       class-balanced crops with ``RandCropByLabelClassesd`` (``num_classes`` required). With
       ``ratios=None`` every class, background included, is the crop centre equally often
       (MONAI's default); on a tiny class this gave ~29 % of crops containing it against 4 % for
-      1:1 positive/negative sampling (BUNDLES.md §5). Classes absent from a volume get ratio 0
+      1:1 positive/negative sampling. Classes absent from a volume get ratio 0
       (MONAI behaviour; its per-item warning is switched off).
 
     Give ``keys=("image",)`` for an unlabeled stream: the train chain then crops with

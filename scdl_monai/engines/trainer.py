@@ -1,4 +1,4 @@
-"""Semi-supervised training inside MONAI's Workflow API (BUNDLES.md §3).
+"""Semi-supervised training inside MONAI's Workflow API (docs/methods_engine.md).
 
 MONAI and ignite have no trainer for two data streams. Here the labeled loader drives the
 epochs (it is the ``data_loader`` ignite iterates) and the unlabeled loader is cycled by the
@@ -90,7 +90,7 @@ class SemiSupervisedTrainer(Trainer):
     Epochs: ``epoch_length`` defaults to ``len(train_data_loader)``. A longer epoch cycles the
     labeled loader (ignite re-creates its iterator), e.g. ``epoch_length=len(unlabeled_loader)``
     reproduces the reference code's "labeled list repeated to the unlabeled length" epochs
-    (METHODS.md §2). Note: ignite does not call ``set_epoch`` when it restarts the labeled
+    (docs/methods.md#shared-losses-and-schedules). Note: ignite does not call ``set_epoch`` when it restarts the labeled
     iterator inside an epoch (only at ``EPOCH_STARTED``), so a ``DistributedSampler`` on the
     labeled loader repeats its order within such an epoch.
 
@@ -111,7 +111,7 @@ class SemiSupervisedTrainer(Trainer):
     which MONAI 1.6's ``CheckpointLoader`` reads with ``torch.load(..., weights_only=True)`` (it
     always does; no code is unpickled). Load any checkpoint yourself the same way.
 
-    Precision (GitHub issue 10): pass ``precision`` — a
+    Precision (docs/performance.md): pass ``precision`` — a
     :class:`~scdl_monai.precision.PrecisionPolicy`, a name ("fp32", "bf16", "fp16") or a dict of
     its arguments — to choose the precision and memory format in one place. It is resolved
     against ``device`` here (fallbacks such as fp16 on CPU → fp32 are logged), the method's

@@ -1,6 +1,6 @@
 """scdl_monai.evaluation: per-case Dice/ASD/HD95, the empty-class policy, tables and plots.
 
-See ``../shared/spec/PROTOCOL.md`` §4. Modules: :mod:`.policy` (the single empty-class policy),
+See ``docs/evaluation.md``. Modules: :mod:`.policy` (the single empty-class policy),
 :mod:`.metrics` (per case / per folder), :mod:`.grid` (the reference
 evaluation grid), :mod:`.files` (pairing, NIfTI reading, atomic writes),
 :mod:`.tables` (aggregation, CSV, Markdown), :mod:`.plots` (bar chart), :mod:`.cli` (commands).

@@ -2,7 +2,7 @@
 
 Built on MONAI's metric functions (``monai.metrics.compute_dice``,
 ``compute_average_surface_distance``, ``compute_hausdorff_distance``); what happens when a mask is
-empty is decided only in :mod:`scdl_monai.evaluation.policy`. Protocol: ``../shared/spec/PROTOCOL.md`` §4.
+empty is decided only in :mod:`scdl_monai.evaluation.policy`. Protocol: ``docs/evaluation.md``.
 
 Two modes:
 

@@ -3,7 +3,7 @@
 Surface distances are undefined when the prediction or the ground truth of a class is empty, and
 Dice is 0/0 when both are. Libraries answer differently (MONAI: HD95 NaN, ASD inf, Dice NaN;
 medpy: an exception), and a silent NaN makes an average *improve* as more organs are missed
-(``../shared/spec/PROTOCOL.md`` §4). Every metric in :mod:`scdl_monai.evaluation` therefore asks
+(``docs/evaluation.md``). Every metric in :mod:`scdl_monai.evaluation` therefore asks
 :func:`empty_class_values` for the numbers of the three empty cases.
 
 Per class ``c`` of one case the status is one of :class:`ClassStatus`:

@@ -1,7 +1,7 @@
 """Aggregation of per-case metrics into paper-style tables (CSV + Markdown).
 
-Aggregation (``../shared/spec/PROTOCOL.md`` §4, "report per-class mean over cases, then the class
-average; mean ± std across 3 seeds"):
+Aggregation (``docs/evaluation.md``: per-class mean over cases, then the class average; mean ± std
+across seeds, 3 in the published tables):
 
 1. per class: mean (and std, ``ddof``) over cases of the not-NaN values, with the not-NaN count
    ``<metric>_n`` and the counts of missed / false-positive / both-empty cases next to it. In

@@ -1,4 +1,4 @@
-"""Mean-teacher EMA update as an ignite handler (MagicNet's teacher; METHODS.md §6).
+"""Mean-teacher EMA update as an ignite handler (MagicNet's teacher; docs/methods.md#magicnet).
 
 The :class:`~scdl_monai.engines.trainer.SemiSupervisedTrainer` steps the optimizers *after*
 ``method.train_step`` returns, so the teacher cannot be updated inside the step: it must follow

@@ -1,6 +1,7 @@
 """Schedules of the reference SSL code: sigmoid ramp-up of the unsupervised weight, poly LR.
 
-Timing in the reference code (``xmed-lab/DHC:code/train_cps.py`` / ``train_dhc.py``, METHODS.md §2):
+Timing in the reference code (``xmed-lab/DHC@990998d0:code/train_cps.py`` / ``train_dhc.py``;
+docs/methods.md#shared-losses-and-schedules):
 both the learning rate and the CPS weight are recomputed **after** each epoch from the index of
 the epoch that just finished, so they lag one epoch: epoch i (0-based) trains with
 ``lr = poly(max(i-1, 0))`` and ``w = rampup(max(i-1, 0))`` — epochs 0 and 1 both use the
@@ -34,7 +35,7 @@ __all__ = ["sigmoid_rampup", "poly_lr", "poly_lr_scheduler", "UnsupWeightSchedul
 
 
 def sigmoid_rampup(epoch: float, ramp_epochs: float, w_max: float = 1.0) -> float:
-    """Sigmoid-shaped ramp-up of Laine & Aila (arXiv:1610.02242), as in METHODS.md §2.
+    """Sigmoid-shaped ramp-up of Laine & Aila (arXiv:1610.02242), as in the DHC code.
 
     .. math::  w(e) = w_{max}\\,\\exp\\!\\big(-5\\,(1 - \\mathrm{clip}(e, 0, R)/R)^2\\big)
 
@@ -108,7 +109,7 @@ class UnsupWeightSchedule:
 
     - ``epoch_level=True``: at every ``EPOCH_STARTED``, step = 0-based index of the starting epoch
       (``engine.state.epoch - 1``); default ``lag=1`` (DHC: epochs 0 and 1 use w(0), epoch i
-      uses w(i-1); METHODS.md §2).
+      uses w(i-1); docs/methods.md#shared-losses-and-schedules).
     - ``epoch_level=False``: at every ``ITERATION_STARTED``, step = 0-based iteration index
       (``engine.state.iteration - 1``) and ``ramp_epochs`` is in iterations; default ``lag=0``.
 

@@ -1,14 +1,14 @@
 """SCDL losses: bidirectional proxy alignment (CDBA) and semantic anchor constraints (SAC).
 
 Su et al., arXiv 2603.05202 §2.1–2.2; forms and constants checked against
-``Zyh55555/SCDL:networks/SCDL.py``. Notation: ``t`` a token, ``c`` a class
+``Zyh55555/SCDL@6b2541c7:networks/SCDL.py``. Notation: ``t`` a token, ``c`` a class
 (background included), ``ā_{t,c}`` the mean cosine of token ``t`` to ``S`` samples of proxy ``c``
 (``SCDLOutput.assignment``), ``s_{t,c} = cos(ẑ_t, μ̂_c)`` (``SCDLOutput.similarity``),
 ``P(c|t)`` (``SCDLOutput.probs``) and ``w_{t,c}`` per-token class weights (ground-truth area
 proportions for labeled tokens, sharpened detached assignments for unlabeled ones; see
 :mod:`scdl_monai.networks.class_distribution`).
 
-The losses take tensors only and never run a network (STYLE.md). Where the paper and the released
+The losses take tensors only and never run a network. Where the paper and the released
 code differ, the code form is the default and the paper form is an option:
 
 * :class:`P2ELoss` (proxy → embedding): code ``mean_c mean_t exp(−(2w−1)·ā)``; paper Eq. 4

@@ -1,6 +1,6 @@
 """Gradient-aware losses of GA (Qi, Wu, Chan, ECCV'24): GADice and GACE.
 
-GA only replaces the segmentation losses of a baseline (GA-CPS, GA-MagicNet; METHODS.md §5):
+GA only replaces the segmentation losses of a baseline (GA-CPS, GA-MagicNet; docs/methods.md#ga-losses):
 
 - :class:`GADiceLoss` — batch soft Dice with squared denominators, background included, where a
   class **absent from the batch target** gets a stop-gradient surrogate whose gradient is exactly
@@ -9,7 +9,7 @@ GA only replaces the segmentation losses of a baseline (GA-CPS, GA-MagicNet; MET
   normalisation interpolating between the ordinary mean (γ = 1) and a sum of per-class means
   (γ = 0).
 
-Tensor contract (STYLE.md habit 2, same as :mod:`scdl_monai.losses.segmentation`): ``logits``
+Tensor contract (the same as :mod:`scdl_monai.losses.segmentation`): ``logits``
 (B, C, *spatial), softmax / log-softmax applied inside; ``target`` (B, 1, *spatial) integer class
 indices (hard pseudo-labels allowed; targets never receive gradient); optional per-call (C,)
 ``weight``. Everything is computed in float32 even under autocast: the sums run over every voxel of
@@ -50,7 +50,7 @@ class GADiceLoss(nn.Module):
     by C (not by Σw), as the reference does (``loss / self.n_classes``).
 
     The reference's ``GA=False`` branch silently reuses the previous class's value for an absent
-    class (METHODS.md §5); it is not reproduced: this loss always uses the GA term.
+    class (``cicailalala/GALoss@65642f50:GALoss.py``); it is not reproduced: this loss always uses the GA term.
 
     Args:
         softmax: apply softmax over channels to the input (default). ``False``: the input already

@@ -1,6 +1,6 @@
 """Weighted cross-entropy and soft Dice losses in the forms used by the reference SSL code.
 
-Every loss here follows one tensor contract (STYLE.md habit 2):
+Every loss here follows one tensor contract (docs/methods.md#shared-losses-and-schedules):
 
 - ``logits``: (B, C, *spatial) raw network outputs; the softmax is applied inside.
 - ``target``: (B, 1, *spatial) integer class indices (a float tensor holding integers is accepted).
@@ -13,8 +13,8 @@ labels (``argmax`` of another network) can be passed directly.
 All computations are done in float32 even under autocast (:func:`as_float32`), because the sums
 over all voxels of a 3D batch lose too much precision in bfloat16/float16.
 
-Sources: METHODS.md §2 and ``xmed-lab/DHC:code/utils/loss.py`` (``RobustCrossEntropyLoss``,
-``SoftDiceLoss``, ``DC_and_CE_loss``, nnU-Net style); MONAI ``monai/losses/dice.py``
+Sources: docs/methods.md#shared-losses-and-schedules and ``xmed-lab/DHC@a6f72d37:code/utils/loss.py``
+(``RobustCrossEntropyLoss``, ``SoftDiceLoss``, ``DC_and_CE_loss``, nnU-Net style); MONAI ``monai/losses/dice.py``
 (``DiceLoss`` / ``DiceCELoss``) for the ``"monai"`` mode.
 """
 
@@ -87,7 +87,7 @@ class WeightedCELoss(nn.Module):
 
     .. math::  \\mathrm{CE} = \\frac{\\sum_i w_{y_i}\\,(-\\log p_{i,y_i})}{\\sum_i w_{y_i}}
 
-    over all voxels ``i`` of the batch (METHODS.md §2, DHC ``RobustCrossEntropyLoss``). With
+    over all voxels ``i`` of the batch (DHC ``RobustCrossEntropyLoss``). With
     ``weight=None`` this is the plain mean negative log-likelihood. One deliberate difference from
     torch: when every voxel's class has weight 0 (e.g. DistDW gives background weight ≈ 0 and a
     patch holds only background) torch returns NaN; this loss returns 0 (nothing to learn) so a
@@ -116,7 +116,7 @@ class WeightedCELoss(nn.Module):
 
 
 class SoftDiceLoss(nn.Module):
-    """Negative batch soft Dice of the nnU-Net / DHC form (the ``reference`` Dice of METHODS.md §2).
+    """Negative batch soft Dice of the nnU-Net / DHC form (the ``reference`` Dice of the DHC family).
 
     With p = softmax(logits) and y the one-hot target, sums run over the batch **and** all voxels
     ("batch Dice"):
@@ -174,8 +174,8 @@ class DiceCELoss(nn.Module):
 
     ``loss = ce_weight · CE(logits, target; w) + dice_weight · Dice(logits, target; w)``
 
-    ``mode="reference"`` (default) is ``DC_and_CE_loss`` of ``xmed-lab/DHC:code/utils/loss.py``
-    (METHODS.md §2) exactly:
+    ``mode="reference"`` (default) is ``DC_and_CE_loss`` of ``xmed-lab/DHC@a6f72d37:code/utils/loss.py``
+    exactly:
 
     - CE: :class:`WeightedCELoss`, i.e. Σ w[y]·nll / Σ w[y] over all voxels (all classes weighted);
     - Dice: :class:`SoftDiceLoss`, batch soft Dice, smooth 1, background excluded,

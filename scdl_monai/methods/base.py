@@ -5,12 +5,12 @@ state that changes during training (buffers), so ``CheckpointSaver(save_dict={"m
 captures the whole algorithm and ``.to(device)`` moves it. The engine
 (:class:`~scdl_monai.engines.trainer.SemiSupervisedTrainer`) only calls :meth:`train_step` once
 per iteration, back-propagates the returned loss and steps the optimizers; it never grows
-method-specific branches (ARCHITECTURE.md, BUNDLES.md §3).
+method-specific branches (docs/methods_engine.md).
 
 Multi-GPU: call :meth:`SemiSupervisedMethod.wrap_ddp` once, after ``.to(device)`` and after the
 process group exists. The method then calls its networks through ``DistributedDataParallel``
 wrappers while the registered sub-modules stay the plain networks, so ``state_dict`` keys are the
-same with and without DDP (no ``module.`` prefix; BUNDLES.md §3 "save the unwrapped networks").
+same with and without DDP (no ``module.`` prefix: the unwrapped networks are saved).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def call_loss(loss: nn.Module, logits: torch.Tensor, target: torch.Tensor, weigh
 
 
 class LogitMean(nn.Module):
-    """Inference ensemble: the mean of the **logits** of several networks (METHODS.md §2, CPS/DHC).
+    """Inference ensemble: the mean of the **logits** of several networks (docs/methods.md#cps, CPS/DHC).
 
     ``forward(x) = (net_1(x) + ... + net_n(x)) / n`` with shape (B, C, *spatial); softmax/argmax
     belong to post-processing. Works with MONAI inferers (``SlidingWindowInferer``) and evaluators,

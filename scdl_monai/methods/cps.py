@@ -1,4 +1,4 @@
-"""Cross pseudo supervision (Chen et al., CVPR 2021) in the form used by DHC (METHODS.md §2)."""
+"""Cross pseudo supervision (Chen et al., CVPR 2021) in the form used by DHC (docs/methods.md#cps)."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ class CPS(SemiSupervisedMethod):
             ``DiceCELoss(mode=loss_mode)`` (CE + Dice 1:1).
         cps_loss: pseudo-label loss ``(logits, target[, weight])``; default :class:`WeightedCELoss`
             (cross-entropy, mean over voxels; identical in both modes).
-        loss_mode: "reference" (DHC loss forms, METHODS.md §2) or "monai" (MONAI DiceCELoss
-            semantics); used only for the default ``sup_loss``.
+        loss_mode: "reference" (DHC loss forms, docs/methods.md#shared-losses-and-schedules) or "monai"
+            (MONAI DiceCELoss semantics); used only for the default ``sup_loss``.
         init_b: re-initialise network B's convolutions with
             ``scdl_monai.networks.vnet.initialize_weights(network_b, init_b)``: "xavier" (DHC's
             CPS: A Kaiming, B Xavier-normal, so the two networks start different), "kaiming", or

@@ -1,6 +1,6 @@
-"""DHC: dual-debiased heterogeneous co-training (Wang & Li, MICCAI 2023; METHODS.md §3).
+"""DHC: dual-debiased heterogeneous co-training (Wang & Li, MICCAI 2023; docs/methods.md#dhc).
 
-DHC is CPS (:class:`~scdl_monai.methods.cps.CPS`, METHODS.md §2) whose two networks use
+DHC is CPS (:class:`~scdl_monai.methods.cps.CPS`, docs/methods.md#cps) whose two networks use
 different class weightings, recomputed every iteration: network A the difficulty-aware DiffDW,
 network B the distribution-aware DistDW (:mod:`scdl_monai.weighting`). The heterogeneity comes
 only from the weightings; everything else is inherited from :class:`CPS` through its
@@ -64,13 +64,14 @@ class DHC(CPS):
     state (initialised or updated); it is checkpointed, so a resumed run never re-initialises.
     Before any initialisation DistDW holds ones (neutral).
 
-    Reference defaults for the surrounding config (``xmed-lab/DHC`` README/scripts, METHODS.md
-    §2): SGD lr 3e-2, nesterov, momentum 0.9, weight decay 3e-5, one optimizer per network;
-    poly 0.9 stepped per epoch after the epoch (``poly_lr_scheduler(..., lag=1)``); CPS weight
-    w_max = 0.1 with a per-epoch sigmoid ramp-up over all epochs (``UnsupWeightSchedule``);
-    DistDW momentum 0.99, DiffDW τ = 50 (momentum 0.98), α = 1/5; both networks Kaiming
-    initialised (the reference re-initialises A and B with ``kaiming_normal_init_weight``, hence
-    ``init_b="kaiming"`` here, where plain CPS uses Xavier for B).
+    Reference defaults for the surrounding config (``xmed-lab/DHC`` README/scripts,
+    docs/methods.md#shared-losses-and-schedules): SGD lr 3e-2, nesterov, momentum 0.9, weight
+    decay 3e-5, one optimizer per network; poly 0.9 stepped per epoch after the epoch
+    (``poly_lr_scheduler(..., lag=1)``); CPS weight w_max = 0.1 with a per-epoch sigmoid ramp-up
+    over all epochs (``UnsupWeightSchedule``); DistDW momentum 0.99, DiffDW τ = 50 (momentum
+    0.98), α = 1/5; both networks Kaiming initialised (the reference re-initialises A and B with
+    ``kaiming_normal_init_weight``, hence ``init_b="kaiming"`` here, where plain CPS uses Xavier
+    for B).
 
     Multi-GPU: every rank updates its trackers from its own batch (no all-reduce), like running
     the single-GPU reference on each shard; ranks' tracker states may differ slightly and the

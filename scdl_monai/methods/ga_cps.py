@@ -1,6 +1,6 @@
 """GA-CPS: cross pseudo supervision trained with the gradient-aware losses (Qi, Wu, Chan, ECCV'24).
 
-GA changes only the losses of CPS (METHODS.md §5, ``cicailalala/GALoss:train_Synapse_CPS.py``):
+GA changes only the losses of CPS (docs/methods.md#ga-cps, ``cicailalala/GALoss@65642f50:train_Synapse_CPS.py``):
 
 .. math::
     L = \\sum_{m \\in \\{A, B\\}} \\big[\\mathrm{GACE}_{k=10}(z_m^L, y) + \\mathrm{GADice}(z_m^L, y)\\big]
@@ -65,7 +65,7 @@ class GASupervisedLoss(nn.Module):
 
 
 class GACPS(CPS):
-    """CPS with GA losses (GA-CPS; METHODS.md §5). Only the constructor differs from :class:`CPS`.
+    """CPS with GA losses (GA-CPS; docs/methods.md#ga-cps). Only the constructor differs from :class:`CPS`.
 
     Args:
         network_a: network A (GA-CPS: VNet, ``n_filters=16``, BatchNorm, no dropout).

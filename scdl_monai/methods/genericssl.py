@@ -3,8 +3,8 @@
 One :class:`~scdl_monai.networks.diffvnet.DiffVNet` with a shared, time-conditioned encoder and
 three decoders: D_ξ (diffusion, denoises a noisy label map), D_ψ (difficulty-weighted supervised)
 and D_θ (learns from pseudo-labels; **the only decoder used at inference**). The per-iteration
-procedure is ``../shared/spec/METHODS.md`` §4 steps 1–7, checked against
-``xmed-lab/GenericSSL:code/train_diffusion.py`` (the training loop and class ``Difficulty``).
+procedure is that of docs/methods.md#training-step, checked against
+``xmed-lab/GenericSSL@e73bde94:code/train_diffusion.py`` (the training loop and class ``Difficulty``).
 
 Reference configuration (Synapse 20 %), for the bundle, not for this module: SGD lr 1e-2,
 nesterov, momentum 0.9, weight decay 3e-5, one optimizer over the whole DiffVNet, poly 0.9 stepped
@@ -112,7 +112,7 @@ class _TrainingPasses(nn.Module):
 class GenericSSL(SemiSupervisedMethod):
     """A&D: a diffusion decoder and a difficulty-weighted decoder teach a third one, D_θ.
 
-    Per training iteration (:meth:`train_step`; METHODS.md §4; the engine puts the method in
+    Per training iteration (:meth:`train_step`; docs/methods.md#training-step; the engine puts the method in
     **train** mode, which every pass below — pseudo-labelling included — runs in):
 
     1. :meth:`aggregate_decoders` **before** the forward: for every *parameter* of D_θ with the
@@ -256,7 +256,7 @@ class GenericSSL(SemiSupervisedMethod):
         self.deno_loss = DiceCELoss(mode=loss_mode) if deno_loss is None else deno_loss
         self.diff_loss = DiceCELoss(mode=loss_mode) if diff_loss is None else diff_loss
         self.unsup_loss = DiceCELoss(mode=loss_mode) if unsup_loss is None else unsup_loss
-        # GenericSSL's Difficulty = DHC's DiffDW without the max-normalisation (METHODS.md §4 step 4).
+        # GenericSSL's Difficulty = DHC's DiffDW without the max-normalisation (docs/methods.md#diffdw).
         self.difficulty = DiffDW(num_classes, momentum=diffdw_momentum, alpha=diffdw_alpha, normalize=False)
         self.fusion_kwargs = {"tau": gumbel_tau, "kernel_size": smooth_kernel_size, "sigma": smooth_sigma}
 

@@ -1,6 +1,6 @@
 """MagicNet (Chen et al., CVPR'23) and GA-MagicNet (Qi et al., ECCV'24) as one method.
 
-One training step (METHODS.md §6; ``DeepMed-Lab-ECNU/MagicNet:code/train_main_btcv.py``, GA form
+One training step (docs/methods.md#magicnet; ``DeepMed-Lab-ECNU/MagicNet:code/train_main_btcv.py``, GA form
 ``cicailalala/GALoss:train_Synapse_MagicNet.py``) on the batch ``x = cat(x_L, x_U)`` with the
 patch split into a grid of cubes (3×3×3 cubes of 32³ for a 96³ patch):
 
@@ -272,7 +272,7 @@ class MagicNet(SemiSupervisedMethod):
     def consistency_weight(self, iteration: int) -> float:
         """``consistency·exp(−5(1 − clip(iteration // interval, 0, R)/R)²)`` (R = ``consistency_rampup``).
 
-        The sigmoid ramp-up of METHODS.md §2 evaluated at ``iteration // rampup_interval``
+        The sigmoid ramp-up of docs/methods.md#shared-losses-and-schedules evaluated at ``iteration // rampup_interval``
         (``ramps.sigmoid_rampup`` of the reference; R = 0 gives the full weight).
         """
         if self.consistency is None:

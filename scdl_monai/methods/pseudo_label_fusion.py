@@ -1,6 +1,6 @@
 """GenericSSL / A&D pseudo-label fusion of the diffusion and the difficulty-aware decoders.
 
-``../shared/spec/METHODS.md`` §4, step 5; reference ``xmed-lab/GenericSSL:code/train_diffusion.py``
+docs/methods.md#training-step, step 5; reference ``xmed-lab/GenericSSL@e73bde94:code/train_diffusion.py``
 (``GaussianSmoothing(num_cls, 3, 1)(F.gumbel_softmax(p_u_xi, dim=1))``, ``F.softmax(p_u_psi)``,
 ``argmax(p_u_xi + p_u_psi)``) and ``code/utils/__init__.py`` (``GaussianSmoothing``):
 

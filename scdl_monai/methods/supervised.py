@@ -20,7 +20,7 @@ class Supervised(SemiSupervisedMethod):
     Args:
         network: segmentation network, ``forward(x) -> logits (B, C, *spatial)``.
         loss: supervised loss ``(logits, target[, weight]) -> scalar``; default
-            ``DiceCELoss(mode="reference")`` (DHC CE + Dice, METHODS.md §2).
+            ``DiceCELoss(mode="reference")`` (DHC CE + Dice, docs/methods.md#shared-losses-and-schedules).
 
     Raises:
         TypeError: when ``network`` is not an ``nn.Module``.

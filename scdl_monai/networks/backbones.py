@@ -3,7 +3,7 @@
 Names (see :data:`BACKBONES`):
 
 * ``"vnet"`` — :class:`scdl_monai.networks.vnet.VNet`, the UA-MT/SSL4MIS/DHC VNet every reference
-  method uses (METHODS.md §1); inputs divisible by 16.
+  method uses (docs/methods.md#backbone); inputs divisible by 16.
 * ``"unet"`` — :class:`monai.networks.nets.UNet`. Its required ``channels``/``strides`` default to
   :data:`UNET_DEFAULTS` (MONAI's 3-D spleen-segmentation tutorial: widths 16…256, four stride-2
   levels, 2 residual units, batch norm); inputs divisible by 16.

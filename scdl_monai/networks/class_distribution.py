@@ -1,12 +1,12 @@
 """SCDL block: class proxy distributions, token assignments and the three embedding priors.
 
-Semantic Class Distribution Learning (Su et al., arXiv 2603.05202, seed ``004_…`` §2.1) models
+Semantic Class Distribution Learning (Su et al., arXiv 2603.05202, §2.1; docs/methods.md#scdl) models
 every class ``c`` (background included) as a diagonal Gaussian ``N(μ_c, diag(σ_c²))`` in a
 ``D``-dimensional embedding space, softly assigns token embeddings to the classes, and turns the
 assignments into priors that are added to the decoder of the host segmentation network.
 
 This module holds the *network* side only (constants checked against the released module
-``Zyh55555/SCDL:networks/SCDL.py``):
+``Zyh55555/SCDL@6b2541c7:networks/SCDL.py``):
 
 * :class:`SCDL` — projector MLP, learnable proxies, proxy sampling, assignments, priors and the
   per-stage 1×1(×1) prior projections; its :meth:`SCDL.forward` returns an :class:`SCDLOutput`

@@ -1,7 +1,7 @@
 """DiffVNet: the shared-encoder, three-decoder network of GenericSSL / A&D (Wang & Li, NeurIPS'23).
 
-Layout from ``../shared/spec/METHODS.md`` §4, checked against the reference files
-``xmed-lab/GenericSSL:code/DiffVNet/diff_vnet.py`` (``DiffVNet``, ``DenoiseModel``,
+Layout (docs/methods.md#diffvnet) checked against the reference files
+``xmed-lab/GenericSSL@e73bde94:code/DiffVNet/diff_vnet.py`` (``DiffVNet``, ``DenoiseModel``,
 ``TimeStepEmbedding``, ``*Temb`` blocks) and ``code/train_diffusion.py`` (``make_model_all``):
 
 * **conv unit**: ``Conv(k3, pad 1) -> ReLU -> Norm -> Dropout(0.1)`` (note: ReLU *before* the norm,
@@ -25,8 +25,7 @@ Layout from ``../shared/spec/METHODS.md`` §4, checked against the reference fil
   **every down and up block** of the encoder and of D_ξ. When ``t`` is None (the D_ψ / D_θ
   paths) nothing is added; the encoder is shared by all paths.
 * ``has_dropout=True``, ``dropout_prob=0.5`` is what ``train_diffusion.py`` builds
-  (``DiffVNet(..., normalization='batchnorm', has_dropout=True)``, default ``dropout_rate=0.5``);
-  METHODS.md §4 does not list it.
+  (``DiffVNet(..., normalization='batchnorm', has_dropout=True)``, default ``dropout_rate=0.5``).
 * PyTorch default initialisation (the reference applies no re-initialisation).
 
 Parameter names of the three decoders coincide except for D_ξ's ``temb_proj`` layers, so the
@@ -263,7 +262,7 @@ class DiffVNetDecoder(nn.Module):
         """``(logits, last_feature)``; ``injection[k]`` (or None) is added to stage ``k`` after its skip-sum.
 
         The injection points are those of :meth:`scdl_monai.networks.vnet.VNet.decode` (the SCDL
-        prior hook, METHODS.md §7); ``last_feature`` is what the 1×1 head sees (after dropout).
+        prior hook, docs/methods.md#priors-and-injection); ``last_feature`` is what the 1×1 head sees (after dropout).
 
         Raises:
             ValueError: wrong number of features or injections, or an injection that does not
@@ -501,8 +500,8 @@ class DiffVNet(nn.Module):
         :attr:`decoder_channels` and :attr:`head` this gives DiffVNet the encoder/decoder hooks of
         :class:`~scdl_monai.networks.vnet.VNet` for its inference path, so
         :class:`~scdl_monai.networks.prior_injection.SCDLDiffVNet` can wrap it: tokens from the shared
-        encoder, prior injected into D_θ (METHODS.md §7, "GenericSSL: tokens from the shared
-        encoder, inject into D_θ"). ``decode(encode(x))[0]`` equals ``forward(x)``.
+        encoder, prior injected into D_θ (docs/methods.md#priors-and-injection). ``decode(encode(x))[0]``
+        equals ``forward(x)``.
         """
         return self.decoder_theta.decode(features, None, injection)
 

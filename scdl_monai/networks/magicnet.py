@@ -1,6 +1,6 @@
 """MagicNet network pieces: the cube location head and the wrapper around a VNet backbone.
 
-MagicNet (Chen et al., CVPR'23; METHODS.md §6) uses the plain VNet of this literature
+MagicNet (Chen et al., CVPR'23; docs/methods.md#magicnet) uses the plain VNet of this literature
 (``n_filters=16``, non-affine InstanceNorm) plus a small MLP, ``FcLayer``, that predicts where a
 cube came from in its patch from the cube's flattened bottleneck feature:
 
@@ -45,7 +45,7 @@ def location_head_in_features(bottleneck_channels: int, cube_size: int | Sequenc
     """Width of a flattened cube bottleneck: ``C5 · Π(cube_i / shape_factor)``.
 
     For MagicNet's VNet (``C5 = 16·n_filters``, down-sampling factor 16) and 32³ cubes:
-    ``256 · 2³ = 2048`` (METHODS.md §6).
+    ``256 · 2³ = 2048`` (``DeepMed-Lab-ECNU/MagicNet@ae596e36:code/networks/magicnet.py`` ``FcLayer``).
 
     Raises:
         ValueError: non-positive sizes, or a cube size not divisible by ``shape_factor``.

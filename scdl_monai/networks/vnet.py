@@ -3,8 +3,8 @@
 This is the plain encoder-decoder used by UA-MT, SSL4MIS, CPS-as-run-by-DHC, DHC, GenericSSL,
 GA-CPS, MagicNet and SCDL — **not** :class:`monai.networks.nets.VNet` (which has residual 5³
 convolutions and PReLU). Swapping one for the other silently changes every baseline, so the
-layout here follows ``../shared/spec/METHODS.md`` §1, checked against the reference file
-``xmed-lab/DHC:code/models/vnet.py`` (same layout as ``HiLab-git/SSL4MIS:code/networks/vnet.py``):
+layout here (docs/methods.md#backbone) follows the reference file
+``xmed-lab/DHC@a6f72d37:code/models/vnet.py`` (same layout as ``HiLab-git/SSL4MIS:code/networks/vnet.py``):
 
 * a *conv unit* is ``Conv(k3, pad 1) -> Norm -> ReLU``; encoder stages have 1, 2, 3, 3, 3 units
   with widths ``n, 2n, 4n, 8n, 16n`` (``n = n_filters``), no residual add inside a stage;
@@ -19,7 +19,7 @@ layout here follows ``../shared/spec/METHODS.md`` §1, checked against the refer
 Layers are built with MONAI's factories (``Conv``, ``Norm``, ``Dropout``, ``Act``) so the same
 code serves 1-, 2- and 3-D inputs.
 
-Initialisation (METHODS.md §1; ``HiLab-git/SSL4MIS:code/train_cross_pseudo_supervision_3D.py``
+Initialisation (docs/methods.md#backbone; ``HiLab-git/SSL4MIS:code/train_cross_pseudo_supervision_3D.py``
 ``kaiming_normal_init_weight`` / ``xavier_normal_init_weight``): Kaiming-normal or Xavier-normal
 on the weights of (non-transposed) convolutions only, norm ``γ=1, β=0``; transposed convolutions
 and all biases keep PyTorch's default initialisation. :func:`initialize_weights` applies this to
@@ -42,8 +42,8 @@ NORMS = ("batch", "instance", "group", "none")
 #: Weight-initialisation schemes understood by :func:`initialize_weights`.
 INIT_SCHEMES = ("kaiming", "xavier")
 
-_ENCODER_UNITS = (1, 2, 3, 3, 3)  # METHODS.md §1; DHC vnet.py block_one..block_five
-_DECODER_UNITS = (3, 3, 2, 1)  # METHODS.md §1; DHC vnet.py block_six..block_nine
+_ENCODER_UNITS = (1, 2, 3, 3, 3)  # DHC code/models/vnet.py block_one..block_five
+_DECODER_UNITS = (3, 3, 2, 1)  # DHC code/models/vnet.py block_six..block_nine
 _NUM_DOWN = len(_ENCODER_UNITS) - 1  # four stride-2 down-samplings -> factor 2**4 = 16
 
 _PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -70,8 +70,8 @@ def initialize_weights(module: nn.Module, scheme: str = "kaiming") -> nn.Module:
     statistics are left alone. A sub-module whose class sets ``keeps_initialization = True`` (the
     SCDL block and token extractor of a wrapped backbone) is skipped with its children, so wrapping
     a backbone changes neither what this function draws from the random stream nor the wrapper's
-    own (zero-initialised) layers. Source: METHODS.md §1 (CPS: net A Kaiming, net B Xavier),
-    ``HiLab-git/SSL4MIS:code/train_cross_pseudo_supervision_3D.py``.
+    own (zero-initialised) layers. Source: docs/methods.md#backbone (CPS: net A Kaiming, net B Xavier),
+    ``xmed-lab/DHC@990998d0:code/train_cps.py``, ``HiLab-git/SSL4MIS:code/train_cross_pseudo_supervision_3D.py``.
 
     Args:
         module: any module (a :class:`VNet`, a MONAI network, ...); searched recursively.
@@ -125,7 +125,7 @@ def _conv_unit(
     if norm == "batch":
         layers.append(Norm[Norm.BATCH, spatial_dims](out_channels))
     elif norm == "instance":
-        # non-affine, no running stats: torch.nn.InstanceNorm3d defaults (MagicNet, METHODS.md §1)
+        # non-affine, no running stats: torch.nn.InstanceNorm3d defaults (MagicNet, docs/methods.md#backbone)
         layers.append(Norm[Norm.INSTANCE, spatial_dims](out_channels, affine=False))
     elif norm == "group":
         layers.append(Norm[Norm.GROUP, spatial_dims](num_groups=num_groups, num_channels=out_channels))
@@ -150,7 +150,7 @@ def _check_positive_int(name: str, value) -> int:
 
 
 class VNet(nn.Module):
-    """UA-MT/SSL4MIS/DHC-style VNet with encoder/decoder hooks (METHODS.md §1).
+    """UA-MT/SSL4MIS/DHC-style VNet with encoder/decoder hooks (docs/methods.md#backbone).
 
     Shapes (``S = spatial_dims``, every spatial size divisible by 16):
 
@@ -183,7 +183,7 @@ class VNet(nn.Module):
             32 along one dimension.
         has_dropout: apply dropout to ``x5`` and to the last decoder feature (train mode only).
         dropout_prob: dropout probability; 0.5 in the reference (DHC vnet.py).
-        init: ``"kaiming"`` (default, METHODS.md §1), ``"xavier"``, or ``None`` for PyTorch's
+        init: ``"kaiming"`` (default, docs/methods.md#backbone), ``"xavier"``, or ``None`` for PyTorch's
             default initialisation; see :func:`initialize_weights`.
         num_groups: groups for ``norm="group"``; 16 in the reference (DHC vnet.py). Every stage
             width ``n·2**i`` must be divisible by it.
@@ -366,7 +366,7 @@ class VNet(nn.Module):
         )
 
     def decode(self, features: Sequence[torch.Tensor], injection=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoder with optional per-stage additive injection (SCDL hook, METHODS.md §1).
+        """Decoder with optional per-stage additive injection (SCDL hook, docs/methods.md#backbone).
 
         Args:
             features: ``[x1, x2, x3, x4, x5]`` as returned by :meth:`encode`.

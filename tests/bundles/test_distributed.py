@@ -1,4 +1,4 @@
-"""Two-process DDP training of the CPS bundle on CPU (gloo) with torchrun (BUNDLES.md §4).
+"""Two-process DDP training of the CPS bundle on CPU (gloo) with torchrun (docs/bundles.md, Multi-GPU).
 
 Checks: both processes finish (no collective hangs with rank-0-only handlers), both networks are
 DDP-wrapped for training but saved unwrapped (no ``module.`` in the checkpoint), and the

@@ -1,4 +1,4 @@
-"""The alternative preprocessing protocols ("dhc", "ga", PROTOCOL.md §3) as bundle overlays.
+"""The alternative preprocessing protocols ("dhc", "ga", docs/data.md) as bundle overlays.
 
 A CPS bundle written with ``--protocol dhc|ga`` trains one epoch, and its inference config undoes
 the whole-volume resize: the label map has the input's shape and affine (tiny grid and patch).

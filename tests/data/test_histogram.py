@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.data.histogram.label_histogram (DistDW initialisation, METHODS.md §3)."""
+"""Tests for scdl_monai.data.histogram.label_histogram (DistDW initialisation, docs/methods.md#distdw)."""
 
 import json
 

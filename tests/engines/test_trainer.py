@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.engines.trainer.SemiSupervisedTrainer (BUNDLES.md §3)."""
+"""Tests for scdl_monai.engines.trainer.SemiSupervisedTrainer (docs/methods_engine.md)."""
 
 import math
 

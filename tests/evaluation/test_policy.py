@@ -1,4 +1,4 @@
-"""Tests of the single empty-class policy (PROTOCOL.md §4)."""
+"""Tests of the single empty-class policy (docs/evaluation.md)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.handlers.schedules (METHODS.md §2 schedules; DHC / GA timings)."""
+"""Tests for scdl_monai.handlers.schedules (docs/methods.md#shared-losses-and-schedules; DHC / GA timings)."""
 
 import math
 

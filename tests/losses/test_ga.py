@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.losses.ga: GADiceLoss and GACELoss (GA, ECCV'24; METHODS.md §5)."""
+"""Tests for scdl_monai.losses.ga: GADiceLoss and GACELoss (GA, ECCV'24; docs/methods.md#ga-losses)."""
 
 from __future__ import annotations
 

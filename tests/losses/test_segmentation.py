@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.losses.segmentation (DHC reference forms, METHODS.md §2; MONAI mode)."""
+"""Tests for scdl_monai.losses.segmentation (DHC reference forms and MONAI mode; docs/methods.md)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.methods.cps (METHODS.md §2) and the shared pieces of methods.base."""
+"""Tests for scdl_monai.methods.cps (docs/methods.md#cps) and the shared pieces of methods.base."""
 
 import pytest
 import torch
@@ -29,7 +29,7 @@ def batch(seed=0, n_l=1, n_u=1):
 
 
 def manual_cps(net_a, net_b, image_l, label_l, image_u, w, weight_a=None, weight_b=None):
-    """CPS written out directly from METHODS.md §2 with torch primitives."""
+    """CPS written out directly from docs/methods.md#cps with torch primitives."""
     x = torch.cat([image_l, image_u])
     z_a, z_b = net_a(x), net_b(x)
     n = image_l.shape[0]
@@ -84,22 +84,30 @@ def test_class_weight_hook_is_used_for_sup_and_cps_terms():
     assert torch.allclose(out.terms["loss_cps"], cps_term, rtol=1e-5)
 
 
+class ZeroLoss(nn.Module):
+    """A supervised loss that contributes nothing (isolates the CPS term)."""
+
+    def forward(self, logits, target, weight=None):
+        return logits.sum() * 0
+
+
 def test_pseudo_labels_carry_no_gradient():
-    # A's CPS term uses argmax of B's logits: B's parameters must get no gradient from it
+    # With the supervised term off, the gradient of every parameter equals that of
+    # CE(z_A, sg(argmax z_B)) + CE(z_B, sg(argmax z_A)): each network's prediction reaches the other's
+    # loss only as a hard label without gradient (a soft or non-detached target would change it).
     net_a, net_b = nets()
-    cps = CPS(net_a, net_b, init_b=None)
-    image_l, label_l, image_u = batch()
-    x = torch.cat([image_l, image_u])
-    z_a = cps.network_a(x)
-    z_b = cps.network_b(x)
-    loss_a = cps.cps_loss(z_a, z_b.detach().argmax(1, keepdim=True))
-    loss_a.backward()
-    assert all(p.grad is None for p in net_b.parameters())
-    # and the full CPS loss gives both networks gradients
-    net_a.zero_grad(set_to_none=True)
+    cps = CPS(net_a, net_b, sup_loss=ZeroLoss(), init_b=None)
     cps.set_unsup_weight(1.0)
+    image_l, label_l, image_u = batch()
     cps(image_l, label_l, image_u).loss.backward()
-    assert all(p.grad is not None for p in net_a.parameters()) and all(p.grad is not None for p in net_b.parameters())
+    grads = {name: p.grad.clone() for name, p in cps.named_parameters()}
+    assert all(grads[f"{net}.head.weight"].abs().sum() > 0 for net in ("network_a", "network_b"))
+    cps.zero_grad(set_to_none=True)
+    x = torch.cat([image_l, image_u])
+    z_a, z_b = net_a(x), net_b(x)
+    (F.cross_entropy(z_a, z_b.detach().argmax(1)) + F.cross_entropy(z_b, z_a.detach().argmax(1))).backward()
+    for name, p in cps.named_parameters():
+        assert torch.allclose(grads[name], p.grad, atol=1e-7), name
 
 
 def test_without_unlabeled_batch():
@@ -147,7 +155,7 @@ def test_init_b_reinitialises_network_b_only():
     b0 = {k: v.clone() for k, v in net_b.state_dict().items()}
     CPS(net_a, net_b, init_b="xavier")
     assert all(torch.equal(a0[k], v) for k, v in net_a.state_dict().items())
-    # every (non-transposed) convolution is re-drawn; transposed convs keep their default init (METHODS.md §1)
+    # every (non-transposed) convolution is re-drawn; transposed convs keep their default init (docs/methods.md)
     conv_keys = [f"{name}.weight" for name, m in net_b.named_modules() if type(m) is nn.Conv3d]
     assert conv_keys and all(not torch.equal(b0[k], net_b.state_dict()[k]) for k in conv_keys)
     net_a2, net_b2 = nets()
@@ -189,8 +197,25 @@ def test_batch_shape_errors():
 
 
 def test_monai_loss_mode_uses_monai_dice_ce():
-    cps = CPS(*nets(), loss_mode="monai")
+    from monai.losses import DiceCELoss as MonaiDiceCELoss
+
+    net_a, net_b = nets()
+    cps = CPS(net_a, net_b, loss_mode="monai", init_b=None)
     assert cps.sup_loss.mode == "monai"
+    image_l, label_l, image_u = batch(n_l=2, n_u=2)
+    out = cps(image_l, label_l, image_u)
+    with torch.no_grad():
+        x = torch.cat([image_l, image_u])
+        z_a, z_b = net_a(x)[:2], net_b(x)[:2]
+    monai_loss = MonaiDiceCELoss(
+        to_onehot_y=True, softmax=True, include_background=False, smooth_nr=1e-5, smooth_dr=1e-5
+    )
+    assert torch.allclose(out.terms["loss_sup_a"], monai_loss(z_a, label_l), rtol=1e-5)
+    assert torch.allclose(out.terms["loss_sup_b"], monai_loss(z_b, label_l), rtol=1e-5)
+    # the DHC reference form gives another supervised value on the same logits; the CPS term does not depend on it
+    reference = CPS(net_a, net_b, loss_mode="reference", init_b=None)(image_l, label_l, image_u)
+    assert not torch.allclose(reference.terms["loss_sup_a"], out.terms["loss_sup_a"], rtol=1e-3)
+    assert torch.allclose(reference.terms["loss_cps"], out.terms["loss_cps"])
 
 
 def test_wrap_ddp_keeps_state_dict_keys(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.methods.dhc (METHODS.md §3) and its DistDW initialisation / resume."""
+"""Tests for scdl_monai.methods.dhc (docs/methods.md#dhc) and its DistDW initialisation / resume."""
 
 import copy
 import json
@@ -22,7 +22,7 @@ from scdl_monai.weighting import DiffDW, DistDW, distdw_weights
 
 C = 4
 SHAPE = (16, 16, 16)
-COUNTS = [1e6, 1e4, 1e2, 0]  # METHODS.md §3 worked example -> [0, 0.571, 1.143, 4]
+COUNTS = [1e6, 1e4, 1e2, 0]  # docs/methods.md#distdw example -> [0, 0.571, 1.143, 4]
 
 
 def nets(seed=0):

@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.methods.ga_cps (GA-CPS, METHODS.md §5)."""
+"""Tests for scdl_monai.methods.ga_cps (GA-CPS, docs/methods.md#ga-cps)."""
 
 import math
 
@@ -55,7 +55,7 @@ def test_losses_equal_manual_composition():
     image_l, label_l, image_u = batch()
     out = method(image_l, label_l, image_u)
 
-    # METHODS.md §5 written out with the loss classes and torch primitives
+    # docs/methods.md#ga-cps written out with the loss classes and torch primitives
     x = torch.cat([image_l, image_u])
     z_a, z_b = net_a(x), net_b(x)
     gace10, gace100, gadice = GACELoss(k=10, gamma=0.5), GACELoss(k=100, gamma=0.5), GADiceLoss()

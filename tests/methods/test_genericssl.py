@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.methods.genericssl (GenericSSL / A&D, METHODS.md §4)."""
+"""Tests for scdl_monai.methods.genericssl (GenericSSL / A&D, docs/methods.md#genericssl)."""
 
 import pytest
 import torch

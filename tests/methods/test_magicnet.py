@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.methods.magicnet (MagicNet / GA-MagicNet, METHODS.md §6).
+"""Tests for scdl_monai.methods.magicnet (MagicNet / GA-MagicNet, docs/methods.md#magicnet).
 
 Tiny size: batch 2 + 2, 48³ patches, 16³ cubes (3×3×3 grid, 27 locations), n_filters 4. A 16³
 cube has a single bottleneck voxel, which InstanceNorm cannot normalise (MagicNetwork refuses it),

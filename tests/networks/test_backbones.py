@@ -7,11 +7,47 @@ from monai.networks.nets import SegResNet, UNet
 from torch import nn
 
 from scdl_monai.networks.backbones import BACKBONES, UNET_DEFAULTS, build_backbone
-from scdl_monai.networks.vnet import VNet
+from scdl_monai.networks.vnet import VNet, initialize_weights
+
+#: every backbone with an n_filters that is valid for it (SegResNet's GroupNorm needs a multiple of 8)
+WIDTHS = {"vnet": 4, "unet": 4, "segresnet": 8}
 
 
-def test_names():
-    assert BACKBONES == ("vnet", "unet", "segresnet")
+def _dropouts(net: nn.Module) -> list[float]:
+    return [m.p for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+
+
+def _first_conv_name(net: nn.Module) -> str:
+    return next(name for name, m in net.named_modules() if isinstance(m, nn.Conv3d))
+
+
+@pytest.mark.parametrize("name", list(WIDTHS))
+def test_each_backbone_receives_n_filters_dropout_and_init(name):
+    assert set(WIDTHS) == set(BACKBONES)  # a new backbone must be added here
+    n = WIDTHS[name]
+    torch.manual_seed(0)
+    net = build_backbone(name, out_channels=3, n_filters=n, dropout=0.25, init="xavier")
+    # init = the plain network re-initialised with initialize_weights: same draws, other weights than the default
+    torch.manual_seed(0)
+    plain = build_backbone(name, out_channels=3, n_filters=n, dropout=0.25, init=None)
+    first = f"{_first_conv_name(net)}.weight"
+    default = plain.state_dict()[first].clone()
+    expected = initialize_weights(plain, "xavier").state_dict()
+    state = net.state_dict()
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+    assert not torch.equal(state[first], default)
+    # n_filters reaches the first convolution, the head has C channels and the output keeps the input size
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv3d)]
+    assert convs[0].out_channels == n and convs[-1].out_channels == 3
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert net.eval()(x).shape == (2, 3, 16, 16, 16)
+        # dropout reaches the network as its probability and drops in training mode; dropout 0 drops nothing
+        assert _dropouts(net) and set(_dropouts(net)) == {0.25}
+        net.train()
+        assert not torch.equal(net(x), net(x))
+        none = build_backbone(name, out_channels=3, n_filters=n, dropout=0.0).train()
+        assert torch.equal(none(x), none(x))
 
 
 @pytest.mark.parametrize(

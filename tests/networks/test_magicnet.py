@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.networks.magicnet (MagicNet location head and VNet wrapper, METHODS.md §6)."""
+"""Tests for scdl_monai.networks.magicnet (MagicNet location head and VNet wrapper, docs/methods.md#magicnet)."""
 
 import pytest
 import torch
@@ -14,7 +14,7 @@ def tiny(norm="batch", **kwargs):
 
 
 def test_in_features_reference_value_and_formula():
-    assert location_head_in_features(256, 32) == 2048  # 16n · 2³ for n = 16 (METHODS.md §6)
+    assert location_head_in_features(256, 32) == 2048  # 16n · 2³ for n = 16 (docs/methods.md#magicnet)
     assert location_head_in_features(64, 16) == 64
     assert location_head_in_features(64, (32, 16, 48)) == 64 * 2 * 1 * 3
     with pytest.raises(ValueError, match="divisible by the backbone's shape factor 16"):

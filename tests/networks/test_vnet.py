@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.networks.vnet (layout per METHODS.md §1, DHC reference parameter count)."""
+"""Tests for scdl_monai.networks.vnet (layout per docs/methods.md#backbone, DHC reference parameter count)."""
 
 import math
 
