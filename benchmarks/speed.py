@@ -1,7 +1,9 @@
 """Speed and memory benchmark: every method ± SCDL (both SAC modes), one run.
 
 What it measures, per configuration, on the **bundle configs users run** (composed and shrunk
-exactly as in ``benchmarks/quality.py``: same patch size, ``n_filters``, batch and overrides):
+exactly as in ``benchmarks/quality.py``: the phantom budget's patch size, ``n_filters``, batch and
+overrides, but fp32 and without the budget's declared accuracy deviations ``dropout`` 0 and Kaiming
+init, so each bundle keeps its own dropout):
 
 * **training**: seconds per iteration of the config's own trainer
   (:class:`~scdl_monai.engines.trainer.SemiSupervisedTrainer` with its handlers), median over the
@@ -52,9 +54,7 @@ import time
 from pathlib import Path
 
 from common import atomic_write, child_main, loadavg, machine_info, peak_rss_mib, rss_mib, run_child
-from quality import FULL as QUALITY_FULL
-from quality import QUICK as QUALITY_QUICK
-from quality import SSL_METHODS, compose, config_label, make_data, overrides_for
+from quality import BUDGETS, SSL_METHODS, compose, config_label, make_phantom, overrides_for
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -64,10 +64,14 @@ DEFAULT_CONFIGS = ("supervised",) + tuple(
 )
 QUICK_CONFIGS = ("supervised", "cps", "cps+scdl[feature_pool]", "cps+scdl[masked_image]")
 
-#: Training sizes are the quality benchmark's; the data set is smaller (only loaders need it).
-FULL = {**QUALITY_FULL, "num_cases": 7, "num_test": 1, "num_validation": 1, "labeled_fraction": 0.4,
+#: Training sizes are the quality benchmark's (phantom budget, quick budget for ``--quick``), in fp32
+#: and with each bundle's own dropout and init (the phantom budget's declared deviations are accuracy
+#: choices); the data set is smaller (only loaders need it).
+_DEVIATIONS = ("dropout", "default_init")
+FULL = {**{k: v for k, v in BUDGETS["phantom"].items() if k not in _DEVIATIONS}, "precision": "fp32",
+        "channels_last": False, "num_cases": 7, "num_test": 1, "num_validation": 1, "labeled_fraction": 0.4,
         "warmup": 2, "iters": 5, "volume": (96, 96, 64), "infer_reps": 2, "timeout_s": 600}  # fmt: skip
-QUICK = {**QUALITY_QUICK, "num_cases": 5, "num_test": 1, "num_validation": 1, "labeled_fraction": 0.4,
+QUICK = {**BUDGETS["quick"], "num_cases": 5, "num_test": 1, "num_validation": 1, "labeled_fraction": 0.4,
          "warmup": 1, "iters": 1, "volume": (48, 48, 48), "infer_reps": 1, "timeout_s": 300}  # fmt: skip
 
 
@@ -111,16 +115,11 @@ def measure(spec: dict) -> dict:
     method, sac_mode = parse_config(spec["config"])
     root = Path(spec["run_dir"])
     root.mkdir(parents=True, exist_ok=True)
-    config = compose(method, sac_mode is not None)
+    config = compose(method, sac_mode is not None, "synapse", "native")
     (root / "train.json").write_text(json.dumps(config))
     n_total = size["warmup"] + size["iters"]
     budget = {**size, "iterations": n_total, "epoch_length": n_total}
-    overrides = overrides_for(method, sac_mode is not None, budget, 0, spec["data_dir"],
-                              str(Path(spec["data_dir"]) / "datalist.json"), str(root), config)  # fmt: skip
-    if sac_mode is not None:
-        overrides.update(scdl_sac_mode=sac_mode, scdl_warmup_iters=1)  # SCDL terms fully on from the start
-    if split_fast(spec["config"])[1]:
-        overrides.update(precision="bf16", channels_last=True)  # the bundle keys of the fast path
+    overrides = overrides_for(method, sac_mode is not None, {**spec, "size": budget}, config)
     wf = ConfigWorkflow(config_file=str(root / "train.json"), workflow_type="train",
                         meta_file=spec["meta_file"], **overrides)  # fmt: skip
     wf.initialize()
@@ -364,12 +363,22 @@ def main(argv: list[str] | None = None) -> int:
     started, t0, load_before = time.strftime("%Y-%m-%d %H:%M:%S"), time.perf_counter(), loadavg()
     rows = {}
     with tempfile.TemporaryDirectory(prefix="speed_") as work:
+        from scdl_monai.bundles import build_metadata
+
         data_dir = Path(work) / "phantom"
         data_dir.mkdir()
-        make_data(data_dir, size)
+        datalist = make_phantom(data_dir, size)["datalist"]
+        meta_file = Path(work) / "metadata.json"
+        meta_file.write_text(json.dumps(build_metadata("supervised", "synapse")))
         for name in configs:
-            spec = {"config": name, "size": size, "threads": args.threads, "data_dir": str(data_dir),
-                    "meta_file": str(data_dir / "metadata.json"), "run_dir": str(Path(work) / "runs" / name)}  # fmt: skip
+            mode, fast = parse_config(name)[1], split_fast(name)[1]
+            extra = {"scdl_sac_mode": mode, "scdl_warmup_iters": 1} if mode else {}
+            spec = {"config": name, "size": size, "budget": "quick" if args.quick else "phantom", "seed": 0,
+                    "device": "cpu", "threads": args.threads, "dataset_dir": str(Path(datalist).parent),
+                    "datalist": datalist, "meta_file": str(meta_file), "run_dir": str(Path(work) / "runs" / name),
+                    # SCDL terms fully on from the start; the fast path = the bundle keys precision + channels_last
+                    "extra_overrides": extra, "precision": "bf16" if fast else size["precision"],
+                    "channels_last": fast or size["channels_last"]}  # fmt: skip
             rows[name] = run_child(__file__, spec, ("config",), size["timeout_s"], args.threads)
             rows[name].pop("stderr_tail", None)
             r = rows[name]
