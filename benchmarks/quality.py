@@ -379,7 +379,7 @@ def expected_fingerprint(spec: dict) -> str:
 
 # ------------------------------------------------------------------------------------ data
 def make_phantom(data_dir: Path, size: dict) -> dict:
-    """Phantom + the datalists (labeled fraction; all labels for the upper bound) + the metadata file."""
+    """Phantom + the datalists (labeled fraction; all labels for the upper bound)."""
     from scdl_monai.data.phantom import generate_phantom
 
     settings = {k: size[k] for k in ("num_cases", "shape", "num_test", "num_validation", "labeled_fraction")}
