@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from scdl_monai.data.utils import atomic_write
+
 __all__ = ["NIFTI_SUFFIXES", "detect_reader", "predict", "main"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -185,9 +187,7 @@ def _convert(src: Path, dst: Path) -> None:
     import numpy as np
 
     img = nib.load(str(src))
-    tmp = dst.with_name(f".tmp.{dst.name}")
-    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header), str(tmp))
-    os.replace(tmp, dst)
+    atomic_write(dst, lambda tmp: nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header), str(tmp)))
 
 
 def _cli(

@@ -33,8 +33,6 @@ toward anterior, axis 2 toward superior; the affine is ``diag(spacing)`` centred
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -43,6 +41,7 @@ from monai.utils import look_up_option
 from scipy import ndimage
 
 from scdl_monai.data.datasets import SYNAPSE
+from scdl_monai.data.utils import atomic_write
 
 __all__ = ["PHANTOM_SIZES", "generate_phantom", "phantom_case", "class_voxel_shares", "phantom_cli"]
 
@@ -287,14 +286,7 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: nib.save(img, str(tmp)), suffix=".nii.gz")
 
 
 def generate_phantom(
@@ -394,11 +386,12 @@ def generate_phantom(
         },
     }
     path = out / "datalist.json"
-    fd, tmp = tempfile.mkstemp(prefix=".datalist.", suffix=".json", dir=out)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(datalist, fh, indent=2)
-    os.replace(tmp, path)
-    return path
+
+    def _write(tmp: Path) -> None:
+        with tmp.open("w") as fh:
+            json.dump(datalist, fh, indent=2)
+
+    return atomic_write(path, _write)
 
 
 def class_voxel_shares(

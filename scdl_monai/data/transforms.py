@@ -18,8 +18,6 @@ reversed here: DHC's resize ``(80, 160, 160)`` zyx is ``(160, 160, 80)`` xyz and
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,6 +48,8 @@ from monai.transforms import (
     SpatialPadd,
 )
 from monai.utils import MAX_SEED, look_up_option
+
+from scdl_monai.data.utils import atomic_write
 
 __all__ = [
     "LABEL_SCHEMES",
@@ -176,16 +176,8 @@ def _atomic_save_nifti(img, output: Path) -> None:
     """Write ``img`` to ``output`` through a temporary file in the same folder (no half-written file)."""
     import nibabel as nib
 
-    output.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if output.name.endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=suffix, dir=output.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(output, lambda tmp: nib.save(img, str(tmp)), suffix=suffix)
 
 
 def labelmap_cli(input: str, output: str, source: str = "total", target: str = "synapse") -> str:  # noqa: A002
