@@ -56,7 +56,7 @@ from typing import Any
 
 import scdl_monai
 from scdl_monai.data.datasets import get_dataset
-from scdl_monai.data.utils import atomic_write
+from scdl_monai.data.utils import atomic_write, run_fire
 
 __all__ = [
     "METHODS",
@@ -1066,14 +1066,8 @@ def _cli_check(root: str | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m scdl_monai.bundles``; returns the exit status."""
-    import fire
-
-    try:
-        fire.Fire({"write": _cli_write, "write-all": _cli_write_all, "check": _cli_check}, command=argv, name="scdl_monai.bundles")
-    except (ValueError, TypeError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    commands = {"write": _cli_write, "write-all": _cli_write_all, "check": _cli_check}
+    return run_fire(commands, argv, "scdl_monai.bundles")
 
 
 if __name__ == "__main__":

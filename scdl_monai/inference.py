@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scdl_monai.data.utils import atomic_write
+from scdl_monai.data.utils import atomic_write, run_fire
 
 __all__ = ["NIFTI_SUFFIXES", "detect_reader", "predict", "main"]
 
@@ -238,14 +238,7 @@ def _flag(value: Any, name: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m scdl_monai.inference``; returns the exit status (1 and one message on user errors)."""
-    import fire
-
-    try:
-        fire.Fire(_cli, command=argv, name="scdl_monai.inference")
-    except (ValueError, TypeError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_fire(_cli, argv, "scdl_monai.inference")
 
 
 if __name__ == "__main__":

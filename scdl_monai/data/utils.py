@@ -1,19 +1,21 @@
-"""Small helpers shared by every layer: atomic file writes.
+"""Small helpers shared by every layer: atomic file writes and the ``fire`` entry point of the
+command-line modules.
 
 It sits in the lowest layer (data) so that networks, losses, methods, engines and the CLIs can all
-use it without an upward import; it imports only the standard library, so
-``import scdl_monai.data.utils`` stays cheap.
+use it without an upward import; it imports only the standard library at module level (``fire``
+is imported when first needed), so ``import scdl_monai.data.utils`` stays cheap.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "run_fire"]
 
 
 def atomic_write(
@@ -56,3 +58,26 @@ def atomic_write(
         raise
     return path
 
+
+def run_fire(
+    component: Any,
+    argv: list[str] | None = None,
+    name: str | None = None,
+    errors: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError),
+    reraise: bool = False,
+) -> int:
+    """Run ``fire.Fire(component, command=argv, name=name)``; returns the exit status.
+
+    A user error (one of ``errors``) prints one ``error: ...`` line on stderr and returns 1 instead
+    of a traceback (``reraise=True`` raises it, for debugging); success returns 0.
+    """
+    import fire
+
+    try:
+        fire.Fire(component, command=argv, name=name)
+    except errors as err:
+        if reraise:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.data.utils (atomic writes)."""
+"""Tests for scdl_monai.data.utils (atomic writes, fire entry)."""
 
 import stat
 
@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scdl_monai.data.utils import atomic_write
+from scdl_monai.data.utils import atomic_write, run_fire
 
 
 def test_atomic_write_replaces_and_cleans_up(tmp_path):
@@ -42,3 +42,18 @@ def test_atomic_write_keeps_compressed_nifti_suffix(tmp_path):
     atomic_write(target, lambda tmp: nib.save(image, str(tmp)))
     assert target.read_bytes()[:2] == b"\x1f\x8b"  # gzip
     np.testing.assert_array_equal(np.asanyarray(nib.load(str(target)).dataobj), np.arange(8).reshape(2, 2, 2))
+
+
+def _fail(kind: str = "value") -> None:
+    raise {"value": ValueError, "os": FileNotFoundError, "runtime": RuntimeError}[kind](f"bad {kind}")
+
+
+def test_run_fire_exit_status_and_error_line(capsys):
+    assert run_fire({"ok": lambda: None}, ["ok"], "prog") == 0
+    assert run_fire({"fail": _fail}, ["fail"], "prog") == 1
+    assert capsys.readouterr().err == "error: bad value\n"
+    assert run_fire({"fail": _fail}, ["fail", "--kind", "os"], "prog", errors=(FileNotFoundError,)) == 1
+    with pytest.raises(RuntimeError, match="bad runtime"):  # not a user error: traceback as usual
+        run_fire({"fail": _fail}, ["fail", "--kind", "runtime"], "prog")
+    with pytest.raises(ValueError, match="bad value"):
+        run_fire({"fail": _fail}, ["fail"], "prog", reraise=True)
