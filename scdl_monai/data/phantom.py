@@ -37,11 +37,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from monai.utils import look_up_option
 from scipy import ndimage
 
 from scdl_monai.data.datasets import SYNAPSE
-from scdl_monai.data.utils import atomic_write
+from scdl_monai.data.utils import atomic_write, look_up
 
 __all__ = ["PHANTOM_SIZES", "generate_phantom", "phantom_case", "class_voxel_shares", "phantom_cli"]
 
@@ -475,12 +474,7 @@ def phantom_cli(
     Raises:
         ValueError: unknown ``size`` (with did-you-mean) or bad counts.
     """
-    if not isinstance(size, str):
-        raise ValueError(f"size must be one of {list(PHANTOM_SIZES)}, got {size!r}.")
-    try:
-        shape = look_up_option(size.strip().lower(), PHANTOM_SIZES)
-    except ValueError as err:
-        raise ValueError(f"size={size!r} is not supported. {err}") from None
+    shape = look_up(size, PHANTOM_SIZES, "size")
     path = generate_phantom(out_dir, num_cases=num_cases, shape=shape, seed=seed, labeled_fraction=labeled_fraction)
     datalist = json.loads(path.read_text())
     case_ids = sorted(e["case_id"] for key in ("training", "unlabeled", "validation", "test") for e in datalist[key])

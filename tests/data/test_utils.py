@@ -1,12 +1,13 @@
-"""Tests for scdl_monai.data.utils (atomic writes, fire entry)."""
+"""Tests for scdl_monai.data.utils (atomic writes, argument checks, option look-up, fire entry)."""
 
+import math
 import stat
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from scdl_monai.data.utils import atomic_write, run_fire
+from scdl_monai.data.utils import atomic_write, check_number, look_up, run_fire
 
 
 def test_atomic_write_replaces_and_cleans_up(tmp_path):
@@ -42,6 +43,51 @@ def test_atomic_write_keeps_compressed_nifti_suffix(tmp_path):
     atomic_write(target, lambda tmp: nib.save(image, str(tmp)))
     assert target.read_bytes()[:2] == b"\x1f\x8b"  # gzip
     np.testing.assert_array_equal(np.asanyarray(nib.load(str(target)).dataobj), np.arange(8).reshape(2, 2, 2))
+
+
+def test_check_number_accepts_and_returns():
+    assert check_number(3, "n", integer=True, minimum=1) == 3
+    assert check_number(0, "n", integer=True) == 0
+    value = check_number(2, "w")
+    assert value == 2.0 and isinstance(value, float)
+    assert check_number(0.5, "t", strict=True) == 0.5
+    assert check_number(4, "dim", integer=True, minimum=4) == 4
+
+
+@pytest.mark.parametrize(
+    "value, kwargs, message",
+    [
+        (0, {"owner": "VNet", "integer": True, "minimum": 1}, "VNet: `x` must be a positive int, got 0."),
+        (True, {"integer": True, "minimum": 1}, "`x` must be a positive int, got True."),
+        (2.0, {"integer": True, "minimum": 1}, "`x` must be a positive int, got 2.0."),
+        (-1, {"owner": "MagicNet", "integer": True}, "MagicNet: `x` must be a non-negative int, got -1."),
+        (3, {"integer": True, "minimum": 4}, "`x` must be an int >= 4, got 3."),
+        (-0.1, {"owner": "SCDLMethod"}, "SCDLMethod: `x` must be a non-negative number, got -0.1."),
+        (0.0, {"owner": "SCDL", "strict": True}, "SCDL: `x` must be a positive number, got 0.0."),
+        (math.nan, {}, "`x` must be a non-negative number, got nan."),
+        ("1", {}, "`x` must be a non-negative number, got '1'."),
+    ],
+)
+def test_check_number_refuses(value, kwargs, message):
+    with pytest.raises(ValueError) as err:
+        check_number(value, "x", **kwargs)
+    assert str(err.value) == message
+
+
+def test_look_up_matches_case_insensitively():
+    assert look_up("Batch", ("batch", "instance"), "norm", "VNet") == "batch"
+    assert look_up(" Small ", {"small": (32, 32, 32)}, "size") == (32, 32, 32)  # stripped; a mapping's value
+
+
+def test_look_up_errors_name_the_argument():
+    with pytest.raises(ValueError) as err:
+        look_up("instnce", ("batch", "instance"), "norm", "VNet")
+    assert str(err.value).startswith("VNet: invalid `norm`='instnce'. ")
+    assert "did you mean 'instance'?" in str(err.value)
+    with pytest.raises(ValueError, match=r"^`norm` must be one of \('batch', 'instance'\), got 3\.$"):
+        look_up(3, ("batch", "instance"), "norm")
+    with pytest.raises(TypeError, match="source"):
+        look_up(None, ("total",), "source", type_error=TypeError)
 
 
 def _fail(kind: str = "value") -> None:
