@@ -56,7 +56,7 @@ from scdl_monai.losses.class_distribution_loss import (
     sac_anchors_feature_pool,
     sac_anchors_masked_image,
 )
-from scdl_monai.methods.base import MethodOutput, SemiSupervisedMethod
+from scdl_monai.methods.base import MethodOutput, SemiSupervisedMethod, plain_tensor
 from scdl_monai.networks.class_distribution import (
     token_weights_from_assignment,
     token_weights_from_confident_pseudo_label,
@@ -111,10 +111,6 @@ def _resolve(root: nn.Module, path: str) -> nn.Module:
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    return x.as_tensor() if hasattr(x, "as_tensor") else x
 
 
 class SCDLMethod(SemiSupervisedMethod):
@@ -519,7 +515,7 @@ class SCDLMethod(SemiSupervisedMethod):
         p2e_sum = e2p_sum = proxy_sum = sac_sum = None
         for path, net in wrapped.items():
             labeled, unlabeled, start = self._split(path, records[path], n_l, n_u)
-            out_l = net.encoder_scdl(_plain(image_l)) if labeled is None else labeled.scdl
+            out_l = net.encoder_scdl(plain_tensor(image_l)) if labeled is None else labeled.scdl
             grid = tuple(out_l.prior.shape[2:])
             if grid not in weights_cache:
                 weights_cache[grid] = token_weights_from_labels(label_l, self.num_classes, grid).to(out_l.assignment.device)
@@ -561,8 +557,8 @@ class SCDLMethod(SemiSupervisedMethod):
         else:
             anchors, present = sac_anchors_masked_image(
                 net.token_embeddings,
-                _plain(image_l),
-                _plain(label_l),
+                plain_tensor(image_l),
+                plain_tensor(label_l),
                 self.num_classes,
                 modules=[net],
                 include_background=self.sac_include_background,
