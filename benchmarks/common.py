@@ -12,7 +12,6 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 
@@ -69,12 +68,9 @@ def machine_info() -> dict:
 
 def atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder (``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from scdl_monai.data.utils import atomic_write as write_atomically
+
+    write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def error_row(spec: dict, err: BaseException, keys: tuple[str, ...]) -> dict:

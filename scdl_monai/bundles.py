@@ -56,6 +56,7 @@ from typing import Any
 
 import scdl_monai
 from scdl_monai.data.datasets import get_dataset
+from scdl_monai.data.utils import atomic_write, run_fire
 
 __all__ = [
     "METHODS",
@@ -605,19 +606,6 @@ def _dumps(obj: Any, indent: int = 0, width: int = 100) -> str:
     return "[\n" + ",\n".join(inner + _dumps(v, indent + 4, width) for v in obj) + "\n" + pad + "]"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 _PREPROCESSING_TEXT = {
     "native": """### Preprocessing ("native" protocol, visible in `configs/train.json`)
 
@@ -963,7 +951,7 @@ def write_bundle(
     texts["docs/data_license.txt"] = _data_license(dataset)
     texts["models/.gitkeep"] = ""
     for rel, text in texts.items():
-        _atomic_write_text(out / rel, text)
+        atomic_write(out / rel, lambda tmp: tmp.write_text(text), mode=0o644)
     return out
 
 
@@ -1078,14 +1066,8 @@ def _cli_check(root: str | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m scdl_monai.bundles``; returns the exit status."""
-    import fire
-
-    try:
-        fire.Fire({"write": _cli_write, "write-all": _cli_write_all, "check": _cli_check}, command=argv, name="scdl_monai.bundles")
-    except (ValueError, TypeError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    commands = {"write": _cli_write, "write-all": _cli_write_all, "check": _cli_check}
+    return run_fire(commands, argv, "scdl_monai.bundles")
 
 
 if __name__ == "__main__":

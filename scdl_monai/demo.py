@@ -56,6 +56,8 @@ from typing import Any
 
 import numpy as np
 
+from scdl_monai.data.utils import run_fire
+
 __all__ = ["DEMO_CASES", "default_samples_dir", "prepare_data", "run_demo", "save_overlay", "main"]
 
 #: Sample files used by the demo, relative to ``data/totalsegmentator-samples``.
@@ -297,14 +299,7 @@ def _cli(out: str = "outputs/demo", epochs: int = 80, val_interval: int = 20, se
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m scdl_monai.demo [--out DIR] [--epochs N] [--val_interval N]``; returns the exit status."""
-    import fire
-
-    try:
-        fire.Fire(_cli, command=argv, name="scdl_monai.demo")
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_fire(_cli, argv, "scdl_monai.demo", errors=(ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

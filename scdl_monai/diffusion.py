@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from scdl_monai.data.utils import check_number
+
 __all__ = ["linear_beta_schedule", "space_timesteps", "GaussianDiffusion"]
 
 #: Reference constants (docs/methods.md#diffusion; GenericSSL ``diff_vnet.py``: ``time_steps = 1000``,
@@ -41,12 +43,6 @@ NUM_TIMESTEPS = 1000
 BETA_START = 1e-4
 BETA_END = 0.02
 SAMPLING_STEPS = 10
-
-
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    return value
 
 
 def linear_beta_schedule(
@@ -69,7 +65,7 @@ def linear_beta_schedule(
         >>> linear_beta_schedule(3, 0.1, 0.3)
         tensor([0.1000, 0.2000, 0.3000], dtype=torch.float64)
     """
-    _check_int("num_timesteps", num_timesteps)
+    check_number(num_timesteps, "num_timesteps", integer=True, minimum=1)
     if not (0.0 < float(beta_start) <= float(beta_end) <= 1.0):
         raise ValueError(
             f"Need 0 < beta_start <= beta_end <= 1, got beta_start={beta_start!r}, beta_end={beta_end!r}."
@@ -93,8 +89,8 @@ def space_timesteps(num_timesteps: int, num_steps: int) -> tuple[int, ...]:
     Raises:
         ValueError: ``n`` outside ``[1, T]``.
     """
-    _check_int("num_timesteps", num_timesteps)
-    _check_int("num_steps", num_steps)
+    check_number(num_timesteps, "num_timesteps", integer=True, minimum=1)
+    check_number(num_steps, "num_steps", integer=True, minimum=1)
     if num_steps > num_timesteps:
         raise ValueError(f"`num_steps` must be <= num_timesteps={num_timesteps}, got {num_steps}.")
     stride = (num_timesteps - 1) / (num_steps - 1) if num_steps > 1 else 1.0
@@ -202,7 +198,7 @@ class GaussianDiffusion(nn.Module):
         Returns:
             ``(B,)`` int64 tensor.
         """
-        _check_int("batch_size", batch_size)
+        check_number(batch_size, "batch_size", integer=True, minimum=1)
         device = self.betas.device if device is None else device
         return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
 

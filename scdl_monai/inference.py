@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from scdl_monai.data.utils import atomic_write, run_fire
+
 __all__ = ["NIFTI_SUFFIXES", "detect_reader", "predict", "main"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -185,9 +187,7 @@ def _convert(src: Path, dst: Path) -> None:
     import numpy as np
 
     img = nib.load(str(src))
-    tmp = dst.with_name(f".tmp.{dst.name}")
-    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header), str(tmp))
-    os.replace(tmp, dst)
+    atomic_write(dst, lambda tmp: nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header), str(tmp)))
 
 
 def _cli(
@@ -238,14 +238,7 @@ def _flag(value: Any, name: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m scdl_monai.inference``; returns the exit status (1 and one message on user errors)."""
-    import fire
-
-    try:
-        fire.Fire(_cli, command=argv, name="scdl_monai.inference")
-    except (ValueError, TypeError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_fire(_cli, argv, "scdl_monai.inference")
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 import sys
-import fire
 
 from scdl_monai.data.datalists import DATALIST_KEYS, build_datalist
 from scdl_monai.data.integrity import verify_datalist
 from scdl_monai.data.phantom import phantom_cli
 from scdl_monai.data.transforms import labelmap_cli
+from scdl_monai.data.utils import run_fire
 
 
 def datalist(
@@ -91,14 +91,8 @@ COMMANDS = {"datalist": datalist, "verify": verify, "phantom": phantom_cli, "lab
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 success, 1 user error)."""
-    try:
-        fire.Fire(COMMANDS, command=argv, name="scdl_monai.data")
-    except (ValueError, TypeError, OSError) as err:  # user errors: message only, no traceback
-        if os.environ.get("SCDL_MONAI_DEBUG"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    # user errors: message only, no traceback
+    return run_fire(COMMANDS, argv, "scdl_monai.data", reraise=bool(os.environ.get("SCDL_MONAI_DEBUG")))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from scdl_monai.data.datasets import (
     read_split,
     split_dir,
 )
+from scdl_monai.data.utils import atomic_write
 
 __all__ = [
     "DATALIST_KEYS",
@@ -341,14 +341,10 @@ def write_datalist(datalist: Mapping[str, Any], out: str | Path, relative: bool 
                 for entry in value
             ]
         payload[key] = value
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
+
+    def _write(tmp: Path) -> None:
+        with tmp.open("w") as f:
             json.dump(payload, f, indent=2)
             f.write("\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+
+    return atomic_write(out, _write)

@@ -85,24 +85,23 @@ class DatasetSpec:
         return self.class_names[1:]
 
 
+_CLASSES_0_TO_9 = (
+    "background",
+    "spleen",
+    "right kidney",
+    "left kidney",
+    "gallbladder",
+    "esophagus",
+    "liver",
+    "stomach",
+    "aorta",
+    "inferior vena cava",
+)
+
 SYNAPSE = DatasetSpec(
     name="synapse",
-    class_names=(
-        "background",
-        "spleen",
-        "right kidney",
-        "left kidney",
-        "gallbladder",
-        "esophagus",
-        "liver",
-        "stomach",
-        "aorta",
-        "inferior vena cava",
-        "portal & splenic veins",
-        "pancreas",
-        "right adrenal gland",
-        "left adrenal gland",
-    ),
+    class_names=_CLASSES_0_TO_9
+    + ("portal & splenic veins", "pancreas", "right adrenal gland", "left adrenal gland"),
     splits=("synapse_2023", "synapse_current"),
     default_split="synapse_2023",
     labeled_fractions={"synapse_2023": ("10p", "20p", "40p"), "synapse_current": ("0.2",)},
@@ -121,24 +120,8 @@ SYNAPSE = DatasetSpec(
 
 AMOS = DatasetSpec(
     name="amos",
-    class_names=(
-        "background",
-        "spleen",
-        "right kidney",
-        "left kidney",
-        "gallbladder",
-        "esophagus",
-        "liver",
-        "stomach",
-        "aorta",
-        "inferior vena cava",
-        "pancreas",
-        "right adrenal gland",
-        "left adrenal gland",
-        "duodenum",
-        "bladder",
-        "prostate/uterus",
-    ),
+    class_names=_CLASSES_0_TO_9
+    + ("pancreas", "right adrenal gland", "left adrenal gland", "duodenum", "bladder", "prostate/uterus"),
     splits=("amos",),
     default_split="amos",
     labeled_fractions={"amos": ("2p", "5p", "10p")},

@@ -33,16 +33,14 @@ toward anterior, axis 2 toward superior; the affine is ``diag(spacing)`` centred
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from monai.utils import look_up_option
 from scipy import ndimage
 
 from scdl_monai.data.datasets import SYNAPSE
+from scdl_monai.data.utils import atomic_write, look_up
 
 __all__ = ["PHANTOM_SIZES", "generate_phantom", "phantom_case", "class_voxel_shares", "phantom_cli"]
 
@@ -304,14 +302,7 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: nib.save(img, str(tmp)), suffix=".nii.gz")
 
 
 def generate_phantom(
@@ -415,11 +406,12 @@ def generate_phantom(
         },
     }
     path = out / "datalist.json"
-    fd, tmp = tempfile.mkstemp(prefix=".datalist.", suffix=".json", dir=out)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(datalist, fh, indent=2)
-    os.replace(tmp, path)
-    return path
+
+    def _write(tmp: Path) -> None:
+        with tmp.open("w") as fh:
+            json.dump(datalist, fh, indent=2)
+
+    return atomic_write(path, _write)
 
 
 def class_voxel_shares(
@@ -509,12 +501,7 @@ def phantom_cli(
     Raises:
         ValueError: unknown ``size`` (with did-you-mean) or bad counts.
     """
-    if not isinstance(size, str):
-        raise ValueError(f"size must be one of {list(PHANTOM_SIZES)}, got {size!r}.")
-    try:
-        shape = look_up_option(size.strip().lower(), PHANTOM_SIZES)
-    except ValueError as err:
-        raise ValueError(f"size={size!r} is not supported. {err}") from None
+    shape = look_up(size, PHANTOM_SIZES, "size")
     path = generate_phantom(
         out_dir, num_cases=num_cases, shape=shape, seed=seed, labeled_fraction=labeled_fraction, pose_jitter=pose_jitter
     )

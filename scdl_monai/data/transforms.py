@@ -18,8 +18,6 @@ reversed here: DHC's resize ``(80, 160, 160)`` zyx is ``(160, 160, 80)`` xyz and
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,7 +47,9 @@ from monai.transforms import (
     Spacingd,
     SpatialPadd,
 )
-from monai.utils import MAX_SEED, look_up_option
+from monai.utils import MAX_SEED
+
+from scdl_monai.data.utils import atomic_write, look_up
 
 __all__ = [
     "LABEL_SCHEMES",
@@ -127,8 +127,8 @@ def label_map(source: str, target: str) -> dict[int, int]:
         >>> label_map("amos", "synapse")[10], label_map("amos", "synapse")[13]
         (11, 0)
     """
-    src = _scheme_option(source, tuple(LABEL_SCHEMES), "source")
-    tgt = _scheme_option(target, TARGET_SCHEMES, "target")
+    src = look_up(source, tuple(LABEL_SCHEMES), "source", type_error=TypeError)
+    tgt = look_up(target, TARGET_SCHEMES, "target", type_error=TypeError)
     table = dict.fromkeys(range(LABEL_SCHEMES[src] + 1), 0)
     s_col, t_col = _SCHEME_COLUMN[src], _SCHEME_COLUMN[tgt]
     for ids in _ORGAN_IDS.values():
@@ -176,16 +176,8 @@ def _atomic_save_nifti(img, output: Path) -> None:
     """Write ``img`` to ``output`` through a temporary file in the same folder (no half-written file)."""
     import nibabel as nib
 
-    output.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if output.name.endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=suffix, dir=output.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(output, lambda tmp: nib.save(img, str(tmp)), suffix=suffix)
 
 
 def labelmap_cli(input: str, output: str, source: str = "total", target: str = "synapse") -> str:  # noqa: A002
@@ -359,8 +351,8 @@ def protocol_transforms(
         >>> t({"image": "img0001.nii.gz", "label": "label0001.nii.gz"})["image"].shape  # doctest: +SKIP
         torch.Size([1, 128, 128, 64])
     """
-    protocol = _scheme_option(protocol, PROTOCOLS, "protocol")
-    stage = _scheme_option(stage, STAGES, "stage")
+    protocol = look_up(protocol, PROTOCOLS, "protocol", type_error=TypeError)
+    stage = look_up(stage, STAGES, "stage", type_error=TypeError)
     keys = (keys,) if isinstance(keys, str) else tuple(keys)
     if not 1 <= len(keys) <= 2 or not all(isinstance(k, str) and k for k in keys):
         raise ValueError(f"keys must be (image_key,) or (image_key, label_key), got {keys!r}.")
@@ -445,18 +437,6 @@ def protocol_transforms(
     compose = Compose(chain)
     compose.set_random_state(seed=int(np.random.randint(MAX_SEED)) if seed is None else int(seed))
     return compose
-
-
-def _scheme_option(value: str, options: Sequence[str], arg: str) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{arg} must be one of {list(options)}, got {type(value).__name__}: {value!r}.")
-    key = value.strip().lower()
-    if key not in options:
-        try:
-            look_up_option(key, tuple(options))
-        except ValueError as err:
-            raise ValueError(f"{arg}={value!r} is not supported. {err}") from None
-    return key
 
 
 def _window(window) -> tuple[float, float]:

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.engines.trainer import Trainer
-from monai.data import MetaTensor
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
 from monai.engines.workflow import Workflow
 from monai.transforms import Transform
@@ -21,7 +20,7 @@ from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
 from scdl_monai.engines.keys import SSLKeys
-from scdl_monai.methods.base import MethodOutput, SemiSupervisedMethod
+from scdl_monai.methods.base import MethodOutput, SemiSupervisedMethod, plain_tensor
 from scdl_monai.precision import PrecisionPolicy, as_policy
 
 if TYPE_CHECKING:
@@ -50,11 +49,6 @@ def _resolve_amp_dtype(amp_dtype: torch.dtype | str | None, device_type: str) ->
         raise ValueError(f"amp_dtype must be one of {sorted(_AMP_DTYPES)} or a torch dtype, got {amp_dtype!r}.")
     return _AMP_DTYPES[key]
 
-
-
-def _plain(x):
-    """A MetaTensor as a plain ``torch.Tensor`` (same storage); anything else unchanged."""
-    return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
 def _length(loader) -> float:
@@ -329,7 +323,7 @@ class SemiSupervisedTrainer(Trainer):
         # Methods concatenate labeled and unlabeled batches (CPS: one forward on cat(L, U)); MetaTensor
         # refuses to batch tensors whose metadata differ, and training needs no metadata, so the
         # method always receives plain tensors (cached pipelines may keep track_meta for inversion).
-        image_l, label_l, image_u = (_plain(x) for x in (image_l, label_l, image_u))
+        image_l, label_l, image_u = (plain_tensor(x) for x in (image_l, label_l, image_u))
         image_l, image_u = engine.precision.prepare_input(image_l), engine.precision.prepare_input(image_u)
 
         engine.state.output = {SSLKeys.IMAGE: image_l, SSLKeys.LABEL: label_l}

@@ -10,14 +10,14 @@ and ``amos_0001.nii.gz`` stays ``amos_0001``. Two files with the same id in one 
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from scdl_monai.data.utils import atomic_write
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -171,22 +171,3 @@ def load_label_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, ...], 
     spacing = tuple(float(s) for s in np.sqrt((affine[:3, : data.ndim] ** 2).sum(axis=0)))
     axcodes = tuple(nib.aff2axcodes(affine))
     return data.astype(np.int64), spacing, axcodes
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then ``os.replace`` it.
-
-    A crash or an exception leaves no half-written ``path`` (and removes the temporary file).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path

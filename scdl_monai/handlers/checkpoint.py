@@ -29,7 +29,6 @@ training run leaves a ``model.pt`` for evaluation and inference.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 
+from scdl_monai.data.utils import atomic_write
 from scdl_monai.handlers.nonfinite import NonFiniteLossError
 
 __all__ = ["PARTIAL_MARK", "AtomicDiskSaver", "AtomicCheckpointSaver", "FinalModelSaver"]
@@ -70,18 +70,14 @@ class AtomicDiskSaver(DiskSaver):
                 old.unlink(missing_ok=True)
 
     def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{PARTIAL_MARK}", dir=self.dirname)
-        try:
-            with os.fdopen(fd, "wb") as stream:
+        def _write(tmp: Path) -> None:
+            with tmp.open("wb") as stream:
                 func(checkpoint, stream, **self.kwargs)
                 stream.flush()
                 os.fsync(stream.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are shared like any output
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+
+        # mode: mkstemp creates 0600; checkpoints are shared like any output
+        atomic_write(path, _write, mode=0o644, prefix=f".{path.name}{PARTIAL_MARK}", suffix="")
         _fsync_dir(self.dirname)
 
     def remove(self, filename: str) -> None:

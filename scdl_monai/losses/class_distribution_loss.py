@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scdl_monai.networks.class_distribution import _choice, token_weights_from_labels
+from scdl_monai.data.utils import check_number, look_up
+from scdl_monai.networks.class_distribution import token_weights_from_labels
 
 __all__ = [
     "P2ELoss",
@@ -122,8 +123,8 @@ class P2ELoss(nn.Module):
 
     def __init__(self, form: str = "code", reduction: str = "mean", balanced: bool = False) -> None:
         super().__init__()
-        self.form = _choice("P2ELoss", "form", form, LOSS_FORMS)
-        self.reduction = _choice("P2ELoss", "reduction", reduction, REDUCTIONS)
+        self.form = look_up(form, LOSS_FORMS, "form", "P2ELoss")
+        self.reduction = look_up(reduction, REDUCTIONS, "reduction", "P2ELoss")
         if not isinstance(balanced, bool):
             raise ValueError(f"P2ELoss: `balanced` must be a bool, got {balanced!r}.")
         if balanced and self.form != "code":
@@ -197,8 +198,8 @@ class E2PLoss(nn.Module):
 
     def __init__(self, form: str = "code", reduction: str = "mean") -> None:
         super().__init__()
-        self.form = _choice("E2PLoss", "form", form, LOSS_FORMS)
-        self.reduction = _choice("E2PLoss", "reduction", reduction, REDUCTIONS)
+        self.form = look_up(form, LOSS_FORMS, "form", "E2PLoss")
+        self.reduction = look_up(reduction, REDUCTIONS, "reduction", "E2PLoss")
 
     def forward(
         self,
@@ -308,7 +309,7 @@ class SACLoss(nn.Module):
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
-        self.reduction = _choice("SACLoss", "reduction", reduction, REDUCTIONS)
+        self.reduction = look_up(reduction, REDUCTIONS, "reduction", "SACLoss")
 
     def forward(self, mu: torch.Tensor, anchors: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         """Loss between proxy means and class anchors.
@@ -484,8 +485,7 @@ def sac_anchors_masked_image(
         )
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"sac_anchors_masked_image: `chunk_size` must be a positive int or None, got {chunk_size!r}.")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"sac_anchors_masked_image: `num_classes` must be a positive int, got {num_classes!r}.")
+    check_number(num_classes, "num_classes", "sac_anchors_masked_image", integer=True, minimum=1)
     nets = _modules_of(encode_fn, modules)
     spatial_dims = images.ndim - 2
     if hasattr(labels, "as_tensor"):  # MONAI MetaTensor -> plain tensors

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import nn
 
-__all__ = ["MethodOutput", "SemiSupervisedMethod", "LogitMean", "call_loss"]
+__all__ = ["MethodOutput", "SemiSupervisedMethod", "LogitMean", "call_loss", "plain_tensor"]
 
 
 class MethodOutput(NamedTuple):
@@ -48,6 +48,13 @@ def call_loss(loss: nn.Module, logits: torch.Tensor, target: torch.Tensor, weigh
     if weight is None:
         return loss(logits, target)
     return loss(logits, target, weight=weight)
+
+
+def plain_tensor(x: Any) -> Any:
+    """A MONAI ``MetaTensor`` as a plain ``torch.Tensor`` (same storage, no metadata tracking in the
+    training step); anything else (a plain tensor, ``None``) unchanged."""
+    as_tensor = getattr(x, "as_tensor", None)
+    return as_tensor() if callable(as_tensor) else x
 
 
 class LogitMean(nn.Module):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from scdl_monai.methods.base import MethodOutput
+from scdl_monai.methods.base import MethodOutput, plain_tensor
 from scdl_monai.methods.cps import CPS
 from scdl_monai.weighting import DiffDW, DistDW
 
@@ -24,12 +24,6 @@ __all__ = ["DHC", "WEIGHTINGS"]
 
 #: names accepted for ``weighting_a`` / ``weighting_b``.
 WEIGHTINGS = ("diffdw", "distdw")
-
-
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    """Drop a MONAI ``MetaTensor`` subclass (bincount/argmax on plain tensors, no metadata copies)."""
-    as_tensor = getattr(x, "as_tensor", None)
-    return as_tensor() if callable(as_tensor) else x
 
 
 class DHC(CPS):
@@ -201,9 +195,9 @@ class DHC(CPS):
     @torch.no_grad()
     def _update(self, tracker: nn.Module, logits: torch.Tensor, label_l: torch.Tensor) -> torch.Tensor:
         n_l = label_l.shape[0]
-        pred = _plain(logits).detach().argmax(dim=1, keepdim=True)
+        pred = plain_tensor(logits).detach().argmax(dim=1, keepdim=True)
         if isinstance(tracker, DiffDW):
-            target = _plain(label_l).detach()
+            target = plain_tensor(label_l).detach()
             target = target.round().long() if target.dtype.is_floating_point else target.long()
             return tracker.update(pred[:n_l], target)
         return tracker.update(pred[n_l:])

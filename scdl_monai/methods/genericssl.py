@@ -29,7 +29,7 @@ from torch import nn
 from scdl_monai.diffusion import GaussianDiffusion
 from scdl_monai.ema import ema_average_into
 from scdl_monai.losses.segmentation import DiceCELoss
-from scdl_monai.methods.base import MethodOutput, SemiSupervisedMethod, call_loss
+from scdl_monai.methods.base import MethodOutput, SemiSupervisedMethod, call_loss, plain_tensor
 from scdl_monai.methods.pseudo_label_fusion import KERNEL_SIZE, SIGMA, TAU, FusedPseudoLabels, fuse_pseudo_labels
 from scdl_monai.weighting import DiffDW
 
@@ -38,12 +38,6 @@ __all__ = ["GenericSSL", "GenericSSLPasses", "GenericSSLTerms"]
 _LOSS_MODES = ("reference", "monai")
 #: what a network must provide (DiffVNet's explicit hooks).
 _NETWORK_API = ("denoise", "difficulty_logits", "theta_logits", "decoder_xi", "decoder_psi", "decoder_theta")
-
-
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    """Drop a MONAI ``MetaTensor`` subclass (no metadata tracking inside the training step)."""
-    as_tensor = getattr(x, "as_tensor", None)
-    return as_tensor() if callable(as_tensor) else x
 
 
 class GenericSSLPasses(NamedTuple):
@@ -345,7 +339,7 @@ class GenericSSL(SemiSupervisedMethod):
                 "GenericSSL: image_u must hold at least one unlabeled image (pseudo-labels and L_u need it); "
                 "give the trainer an unlabeled_data_loader."
             )
-        image_l, label_l, image_u = _plain(image_l), _plain(label_l), _plain(image_u)
+        image_l, label_l, image_u = plain_tensor(image_l), plain_tensor(label_l), plain_tensor(image_u)
         self.check_batches(image_l, label_l, image_u)
         label_l = label_l.detach()
         label_l = label_l.round().long() if label_l.dtype.is_floating_point else label_l.long()
@@ -373,7 +367,7 @@ class GenericSSL(SemiSupervisedMethod):
         x_t, t = self.noisy_labels(label_l)
         passes: GenericSSLPasses = self._runner()(image_l, x_t, t, image_u)
         loss_deno = call_loss(self.deno_loss, passes.xi_logits_l, label_l)
-        xi_pred = _plain(passes.xi_logits_l).detach().argmax(dim=1, keepdim=True)
+        xi_pred = plain_tensor(passes.xi_logits_l).detach().argmax(dim=1, keepdim=True)
         class_weight = self.difficulty.update(xi_pred, label_l)
         loss_diff = call_loss(self.diff_loss, passes.psi_logits_l, label_l, class_weight)
         loss_u = call_loss(self.unsup_loss, passes.theta_logits_u, passes.pseudo_label)

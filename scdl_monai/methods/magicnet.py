@@ -83,6 +83,7 @@ from scdl_monai.cubes import (
     pseudo_label_cube_indices,
     reassemble_cubes,
 )
+from scdl_monai.data.utils import check_number
 from scdl_monai.ema import ema_update
 from scdl_monai.losses.ga import GACELoss, GADiceLoss
 from scdl_monai.losses.segmentation import WeightedCELoss
@@ -131,23 +132,10 @@ def ema_momentum(step: int, decay: float = _EMA_DECAY) -> float:
     Raises:
         ValueError: negative ``step`` or ``decay`` outside [0, 1].
     """
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"ema_momentum: `step` must be a non-negative int, got {step!r}.")
+    check_number(step, "step", "ema_momentum", integer=True)
     if not 0.0 <= float(decay) <= 1.0:
         raise ValueError(f"ema_momentum: `decay` must lie in [0, 1], got {decay!r}.")
     return min(1.0 - 1.0 / (step + 1), float(decay))
-
-
-def _check_nonneg_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"MagicNet: `{name}` must be a non-negative int, got {value!r}.")
-    return value
-
-
-def _check_nonneg_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value) >= 0:
-        raise ValueError(f"MagicNet: `{name}` must be a non-negative number, got {value!r}.")
-    return float(value)
 
 
 class MagicNet(SemiSupervisedMethod):
@@ -233,9 +221,9 @@ class MagicNet(SemiSupervisedMethod):
                 raise TypeError(f"MagicNet: `{key}` must be a bool, got {flag!r}.")
         if not 0.0 <= float(ema_decay) <= 1.0:
             raise ValueError(f"MagicNet: `ema_decay` must lie in [0, 1], got {ema_decay!r}.")
-        if _check_nonneg_int("rampup_interval", rampup_interval) == 0:
+        if check_number(rampup_interval, "rampup_interval", "MagicNet", integer=True) == 0:
             raise ValueError("MagicNet: `rampup_interval` must be >= 1, got 0.")
-        if _check_nonneg_int("recount_interval", recount_interval) == 0:
+        if check_number(recount_interval, "recount_interval", "MagicNet", integer=True) == 0:
             raise ValueError("MagicNet: `recount_interval` must be >= 1, got 0.")
 
         self.student = student
@@ -245,14 +233,14 @@ class MagicNet(SemiSupervisedMethod):
         self.reproduce_index_bug = reproduce_index_bug
         self.reproduce_grid_transpose_bug = reproduce_grid_transpose_bug
         self.ema_decay = float(ema_decay)
-        self.location_weight = _check_nonneg_float("location_weight", location_weight)
-        self.consistency = None if consistency is None else _check_nonneg_float("consistency", consistency)
-        self.consistency_rampup = _check_nonneg_float("consistency_rampup", consistency_rampup)
+        self.location_weight = check_number(location_weight, "location_weight", "MagicNet")
+        self.consistency = None if consistency is None else check_number(consistency, "consistency", "MagicNet")
+        self.consistency_rampup = check_number(consistency_rampup, "consistency_rampup", "MagicNet")
         self.rampup_interval = rampup_interval
-        self.blend_after = _check_nonneg_int("blend_after", blend_after)
+        self.blend_after = check_number(blend_after, "blend_after", "MagicNet", integer=True)
         self.recount_interval = recount_interval
-        self.noise_std = _check_nonneg_float("noise_std", noise_std)
-        self.noise_clip = _check_nonneg_float("noise_clip", noise_clip)
+        self.noise_std = check_number(noise_std, "noise_std", "MagicNet")
+        self.noise_clip = check_number(noise_clip, "noise_clip", "MagicNet")
         if ce_loss is None:
             ce_loss = GACELoss(k=_GA_K, gamma=_GA_GAMMA) if ga_losses else WeightedCELoss()
         if dice_loss is None:

@@ -41,14 +41,14 @@ is bit-for-bit the baseline's (tested).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-from monai.utils import look_up_option
 from torch import nn
 
+from scdl_monai.data.utils import check_number, look_up
 from scdl_monai.losses.class_distribution_loss import (
     LOSS_FORMS,
     ProxyLoss,
@@ -56,7 +56,7 @@ from scdl_monai.losses.class_distribution_loss import (
     sac_anchors_feature_pool,
     sac_anchors_masked_image,
 )
-from scdl_monai.methods.base import MethodOutput, SemiSupervisedMethod
+from scdl_monai.methods.base import MethodOutput, SemiSupervisedMethod, plain_tensor
 from scdl_monai.networks.class_distribution import (
     token_weights_from_assignment,
     token_weights_from_confident_pseudo_label,
@@ -106,30 +106,11 @@ def warmup_factor(iteration: int | torch.Tensor, warmup_iters: int) -> float | t
     return min(1.0, (iteration + 1) / warmup_iters)
 
 
-def _option(name: str, value, choices: Sequence[str]) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"SCDLMethod: `{name}` must be one of {tuple(choices)}, got {value!r}.")
-    try:
-        return look_up_option(value.lower(), choices)
-    except ValueError as err:
-        raise ValueError(f"SCDLMethod: invalid `{name}`={value!r}. {err}".strip()) from None
-
-
-def _nonneg(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"SCDLMethod: `{name}` must be a non-negative number, got {value!r}.")
-    return float(value)
-
-
 def _resolve(root: nn.Module, path: str) -> nn.Module:
     obj: Any = root
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    return x.as_tensor() if hasattr(x, "as_tensor") else x
 
 
 class SCDLMethod(SemiSupervisedMethod):
@@ -237,9 +218,8 @@ class SCDLMethod(SemiSupervisedMethod):
             raise ValueError(f"SCDLMethod: `warmup_fraction` must be a number in [0, 1], got {warmup_fraction!r}.")
         if warmup_iters is not None and (isinstance(warmup_iters, bool) or not isinstance(warmup_iters, int) or warmup_iters < 0):
             raise ValueError(f"SCDLMethod: `warmup_iters` must be an int >= 0 or None, got {warmup_iters!r}.")
-        if isinstance(record_call, bool) or not isinstance(record_call, int) or record_call < 0:
-            raise ValueError(f"SCDLMethod: `record_call` must be an int >= 0, got {record_call!r}.")
-        threshold = _nonneg("pseudo_label_threshold", pseudo_label_threshold)
+        check_number(record_call, "record_call", "SCDLMethod", integer=True)
+        threshold = check_number(pseudo_label_threshold, "pseudo_label_threshold", "SCDLMethod")
         if threshold > 1:
             raise ValueError(f"SCDLMethod: `pseudo_label_threshold` must be in [0, 1], got {pseudo_label_threshold!r}.")
 
@@ -247,16 +227,16 @@ class SCDLMethod(SemiSupervisedMethod):
         self.network_names = tuple(base_method.network_names)
         self.requires_unlabeled = bool(getattr(base_method, "requires_unlabeled", True))
         self.enabled = enabled
-        self.proxy_weight = _nonneg("proxy_weight", proxy_weight)
-        self.sac_weight = _nonneg("sac_weight", sac_weight)
+        self.proxy_weight = check_number(proxy_weight, "proxy_weight", "SCDLMethod")
+        self.sac_weight = check_number(sac_weight, "sac_weight", "SCDLMethod")
         self.warmup_fraction = float(warmup_fraction)
         self.warmup_iters = warmup_iters
-        self.sac_mode = _option("sac_mode", sac_mode, SAC_MODES)
-        self.token_scope = _option("token_scope", token_scope, TOKEN_SCOPES)
-        self.unlabeled_target = _option("unlabeled_target", unlabeled_target, UNLABELED_TARGETS)
+        self.sac_mode = look_up(sac_mode, SAC_MODES, "sac_mode", "SCDLMethod")
+        self.token_scope = look_up(token_scope, TOKEN_SCOPES, "token_scope", "SCDLMethod")
+        self.unlabeled_target = look_up(unlabeled_target, UNLABELED_TARGETS, "unlabeled_target", "SCDLMethod")
         self.pseudo_label_threshold = threshold
-        _option("p2e_form", p2e_form, LOSS_FORMS)
-        _option("e2p_form", e2p_form, LOSS_FORMS)
+        look_up(p2e_form, LOSS_FORMS, "p2e_form", "SCDLMethod")
+        look_up(e2p_form, LOSS_FORMS, "e2p_form", "SCDLMethod")
         if balanced_p2e and p2e_form.lower() != "code":
             raise ValueError("SCDLMethod: `balanced_p2e` needs p2e_form='code'.")
         self.sac_include_background = sac_include_background
@@ -265,9 +245,12 @@ class SCDLMethod(SemiSupervisedMethod):
         self.record_call = record_call
         if labeled_pass == "auto":
             labeled_pass = getattr(base_method, "scdl_labeled_pass", "recorded")
-        self.labeled_pass = _option("labeled_pass", labeled_pass, LABELED_PASSES)
+        self.labeled_pass = look_up(labeled_pass, LABELED_PASSES, "labeled_pass", "SCDLMethod")
         self.proxy_loss = ProxyLoss(
-            e2p_weight=_nonneg("e2p_weight", e2p_weight), p2e_form=p2e_form, e2p_form=e2p_form, balanced_p2e=balanced_p2e
+            e2p_weight=check_number(e2p_weight, "e2p_weight", "SCDLMethod"),
+            p2e_form=p2e_form,
+            e2p_form=e2p_form,
+            balanced_p2e=balanced_p2e,
         )
         self.sac_loss = SACLoss()
         self.register_buffer("scdl_iteration", torch.zeros((), dtype=torch.long))
@@ -284,7 +267,8 @@ class SCDLMethod(SemiSupervisedMethod):
                 f"SCDLMethod: none of the networks {self.network_names} of {type(base_method).__name__} is an "
                 "SCDLNetwork; build them around their backbones with scdl_monai.networks.prior_injection.wrap_backbone."
             )
-        expected = self.network_names if _option("networks", networks, ("all", "a_only")) == "all" else self.network_names[:1]
+        all_networks = look_up(networks, ("all", "a_only"), "networks", "SCDLMethod") == "all"
+        expected = self.network_names if all_networks else self.network_names[:1]
         roots = tuple(p.split(".")[0] for p in self.targets)
         if roots != tuple(expected):
             raise ValueError(
@@ -531,7 +515,7 @@ class SCDLMethod(SemiSupervisedMethod):
         p2e_sum = e2p_sum = proxy_sum = sac_sum = None
         for path, net in wrapped.items():
             labeled, unlabeled, start = self._split(path, records[path], n_l, n_u)
-            out_l = net.encoder_scdl(_plain(image_l)) if labeled is None else labeled.scdl
+            out_l = net.encoder_scdl(plain_tensor(image_l)) if labeled is None else labeled.scdl
             grid = tuple(out_l.prior.shape[2:])
             if grid not in weights_cache:
                 weights_cache[grid] = token_weights_from_labels(label_l, self.num_classes, grid).to(out_l.assignment.device)
@@ -573,8 +557,8 @@ class SCDLMethod(SemiSupervisedMethod):
         else:
             anchors, present = sac_anchors_masked_image(
                 net.token_embeddings,
-                _plain(image_l),
-                _plain(label_l),
+                plain_tensor(image_l),
+                plain_tensor(label_l),
                 self.num_classes,
                 modules=[net],
                 include_background=self.sac_include_background,
@@ -622,8 +606,7 @@ def add_scdl_param_groups(
         raise TypeError(f"add_scdl_param_groups: `optimizer` must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
     if isinstance(scdl_weight_decay, bool) or not isinstance(scdl_weight_decay, (int, float)) or scdl_weight_decay < 0:
         raise ValueError(f"add_scdl_param_groups: `scdl_weight_decay` must be a non-negative number, got {scdl_weight_decay!r}.")
-    if isinstance(scdl_lr_factor, bool) or not isinstance(scdl_lr_factor, (int, float)) or not scdl_lr_factor > 0:
-        raise ValueError(f"add_scdl_param_groups: `scdl_lr_factor` must be a positive number, got {scdl_lr_factor!r}.")
+    check_number(scdl_lr_factor, "scdl_lr_factor", "add_scdl_param_groups", strict=True)
     options = dict(scdl_options or {})
     if "params" in options:
         raise ValueError("add_scdl_param_groups: `scdl_options` must not contain 'params'.")
@@ -675,7 +658,7 @@ def scdl_inference_network(network: nn.Module, networks: str = "all", **wrapper_
         TypeError: no backbone with encode/decode hooks in ``network``.
         ValueError: unknown ``networks``.
     """
-    key = _option("networks", networks, ("all", "a_only"))
+    key = look_up(networks, ("all", "a_only"), "networks", "SCDLMethod")
     if all(hasattr(network, h) for h in ("encode", "decode", "feature_channels", "decoder_channels")):
         return wrap_backbone(network, **wrapper_kwargs)
     paths = _backbone_paths(network)

@@ -45,6 +45,7 @@ from monai.networks.nets import SegResNet, UNet
 from monai.utils import look_up_option
 from torch import nn
 
+from scdl_monai.data.utils import check_number
 from scdl_monai.networks.vnet import VNet, initialize_weights
 
 __all__ = ["BACKBONES", "UNET_DEFAULTS", "build_backbone"]
@@ -63,8 +64,8 @@ def _take_n_filters(name: str, kwargs: dict, key: str):
             f"build_backbone({name!r}): give either `n_filters` ({n_filters!r}) or `{key}` "
             f"({kwargs[key]!r}), not both."
         )
-    if n_filters is not None and (isinstance(n_filters, bool) or not isinstance(n_filters, int) or n_filters < 1):
-        raise ValueError(f"build_backbone({name!r}): `n_filters` must be a positive int, got {n_filters!r}.")
+    if n_filters is not None:
+        check_number(n_filters, "n_filters", f"build_backbone({name!r})", integer=True, minimum=1)
     return n_filters
 
 

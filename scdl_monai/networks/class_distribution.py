@@ -28,8 +28,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
-from monai.utils import look_up_option
 from torch import nn
+
+from scdl_monai.data.utils import check_number, look_up
 
 __all__ = [
     "SCDL",
@@ -80,28 +81,6 @@ class SCDLOutput(NamedTuple):
     mu: torch.Tensor
     sigma: torch.Tensor
     prior: torch.Tensor
-
-
-def _choice(owner: str, name: str, value, choices: Sequence[str]) -> str:
-    """``look_up_option`` with a message that names the argument (and keeps the did-you-mean hint)."""
-    if not isinstance(value, str):
-        raise ValueError(f"{owner}: `{name}` must be one of {tuple(choices)}, got {value!r}.")
-    try:
-        return look_up_option(value.lower(), choices)
-    except ValueError as err:
-        raise ValueError(f"{owner}: invalid `{name}`={value!r}. {err}".strip()) from None
-
-
-def _positive_int(owner: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: `{name}` must be a positive int, got {value!r}.")
-    return value
-
-
-def _positive_float(owner: str, name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value) > 0.0:
-        raise ValueError(f"{owner}: `{name}` must be a positive number, got {value!r}.")
-    return float(value)
 
 
 def _spatial_dims_arg(owner: str, value) -> int:
@@ -239,14 +218,14 @@ class SCDL(nn.Module):
     ) -> None:
         super().__init__()
         owner = "SCDL"
-        self.num_classes = _positive_int(owner, "num_classes", num_classes)
-        self.x_dim = _positive_int(owner, "x_dim", x_dim)
-        self.z_dim = _positive_int(owner, "z_dim", z_dim)
-        self.num_proxy_samples = _positive_int(owner, "num_proxy_samples", num_proxy_samples)
-        self.num_token_samples = _positive_int(owner, "num_token_samples", num_token_samples)
-        self.tau_e2p = _positive_float(owner, "tau_e2p", tau_e2p)
-        self.tau_p2e = _positive_float(owner, "tau_p2e", tau_p2e)
-        self.tau_dist = _positive_float(owner, "tau_dist", tau_dist)
+        self.num_classes = check_number(num_classes, "num_classes", owner, integer=True, minimum=1)
+        self.x_dim = check_number(x_dim, "x_dim", owner, integer=True, minimum=1)
+        self.z_dim = check_number(z_dim, "z_dim", owner, integer=True, minimum=1)
+        self.num_proxy_samples = check_number(num_proxy_samples, "num_proxy_samples", owner, integer=True, minimum=1)
+        self.num_token_samples = check_number(num_token_samples, "num_token_samples", owner, integer=True, minimum=1)
+        self.tau_e2p = check_number(tau_e2p, "tau_e2p", owner, strict=True)
+        self.tau_p2e = check_number(tau_p2e, "tau_p2e", owner, strict=True)
+        self.tau_dist = check_number(tau_dist, "tau_dist", owner, strict=True)
         self.spatial_dims = _spatial_dims_arg(owner, spatial_dims)
         if isinstance(sigma_emb_init, bool) or not isinstance(sigma_emb_init, (int, float)):
             raise ValueError(f"SCDL: `sigma_emb_init` must be a number, got {sigma_emb_init!r}.")
@@ -254,7 +233,7 @@ class SCDL(nn.Module):
             raise ValueError(f"SCDL: `dropout` must be a float in [0, 1), got {dropout!r}.")
         if not isinstance(zero_init_injection, bool):
             raise ValueError(f"SCDL: `zero_init_injection` must be a bool, got {zero_init_injection!r}.")
-        self.eval_proxy_samples = _choice(owner, "eval_proxy_samples", eval_proxy_samples, EVAL_PROXY_MODES)
+        self.eval_proxy_samples = look_up(eval_proxy_samples, EVAL_PROXY_MODES, "eval_proxy_samples", owner)
 
         d = self.z_dim
         self.projector = nn.Sequential(
@@ -281,7 +260,8 @@ class SCDL(nn.Module):
                     f"got {injection_channels!r}."
                 )
             self.injection_channels = tuple(
-                _positive_int(owner, f"injection_channels[{i}]", c) for i, c in enumerate(injection_channels)
+                check_number(c, f"injection_channels[{i}]", owner, integer=True, minimum=1)
+                for i, c in enumerate(injection_channels)
             )
         conv = Conv[Conv.CONV, self.spatial_dims]
         self.injection_projections = nn.ModuleList(
@@ -309,7 +289,9 @@ class SCDL(nn.Module):
         Args:
             num_samples: ``S``; defaults to ``num_proxy_samples``.
         """
-        s = self.num_proxy_samples if num_samples is None else _positive_int("SCDL", "num_samples", num_samples)
+        s = self.num_proxy_samples
+        if num_samples is not None:
+            s = check_number(num_samples, "num_samples", "SCDL", integer=True, minimum=1)
         mu, sigma = self.proxy_parameters()
         eps = torch.randn(mu.shape[0], s, mu.shape[1], device=mu.device, dtype=mu.dtype)
         return F.normalize(mu.unsqueeze(1) + sigma.unsqueeze(1) * eps, dim=-1)
@@ -475,13 +457,13 @@ class TokenExtractor(nn.Module):
     ) -> None:
         super().__init__()
         owner = "TokenExtractor"
-        self.source = _choice(owner, "source", source, TOKEN_SOURCES)
-        self.in_channels = _positive_int(owner, "in_channels", in_channels)
-        self.x_dim = _positive_int(owner, "x_dim", x_dim)
+        self.source = look_up(source, TOKEN_SOURCES, "source", owner)
+        self.in_channels = check_number(in_channels, "in_channels", owner, integer=True, minimum=1)
+        self.x_dim = check_number(x_dim, "x_dim", owner, integer=True, minimum=1)
         self.spatial_dims = _spatial_dims_arg(owner, spatial_dims)
         if pool_factor is None:
             pool_factor = 1 if self.source == "encoder" else 8
-        self.pool_factor = _positive_int(owner, "pool_factor", pool_factor)
+        self.pool_factor = check_number(pool_factor, "pool_factor", owner, integer=True, minimum=1)
         if self.source == "encoder" or self.in_channels != self.x_dim:
             self.proj: nn.Module = Conv[Conv.CONV, self.spatial_dims](self.in_channels, self.x_dim, kernel_size=1)
         else:
@@ -553,7 +535,7 @@ def token_weights_from_labels(label: torch.Tensor, num_classes: int, token_shape
         label = label.as_tensor()
     if label.ndim < 3 or label.ndim > 5 or label.shape[1] != 1:
         raise ValueError(f"token_weights_from_labels: `label` must be (B, 1, *spatial), got {tuple(label.shape)}.")
-    num_classes = _positive_int("token_weights_from_labels", "num_classes", num_classes)
+    num_classes = check_number(num_classes, "num_classes", "token_weights_from_labels", integer=True, minimum=1)
     spatial_dims = label.ndim - 2
     grid = _shape_of("token_weights_from_labels", "token_shape", token_shape, spatial_dims)
     if label.numel():

@@ -47,9 +47,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Dropout, Norm
-from monai.utils import look_up_option
 from torch import nn
 
+from scdl_monai.data.utils import check_number, look_up
 from scdl_monai.networks.vnet import NORMS
 
 __all__ = ["DiffVNet", "DiffVNetEncoder", "DiffVNetDecoder", "TimeEmbedding", "timestep_embedding"]
@@ -80,8 +80,7 @@ def timestep_embedding(t: torch.Tensor, dim: int = _TIME_DIM) -> torch.Tensor:
     """
     if not isinstance(t, torch.Tensor) or t.ndim != 1:
         raise ValueError(f"timestep_embedding: `t` must be a 1-D tensor of timesteps, got {t!r}.")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 4:
-        raise ValueError(f"timestep_embedding: `dim` must be an int >= 4, got {dim!r}.")
+    check_number(dim, "dim", "timestep_embedding", integer=True, minimum=4)
     half = dim // 2
     scale = math.log(10000.0) / (half - 1)
     freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * -scale)
@@ -349,23 +348,15 @@ class DiffVNet(nn.Module):
         if isinstance(spatial_dims, bool) or spatial_dims not in (1, 2, 3):
             raise ValueError(f"DiffVNet: `spatial_dims` must be 1, 2 or 3, got {spatial_dims!r}.")
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("n_filters", n_filters)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"DiffVNet: `{name}` must be a positive int, got {value!r}.")
-        if isinstance(time_dim, bool) or not isinstance(time_dim, int) or time_dim < 4:
-            raise ValueError(f"DiffVNet: `time_dim` must be an int >= 4, got {time_dim!r}.")
-        if not isinstance(norm, str):
-            raise ValueError(f"DiffVNet: `norm` must be one of {NORMS}, got {norm!r}.")
-        try:
-            norm = look_up_option(norm.lower(), NORMS)
-        except ValueError as err:
-            raise ValueError(f"DiffVNet: `norm` {norm!r} is not one of {NORMS}. {err}".strip()) from None
+            check_number(value, name, "DiffVNet", integer=True, minimum=1)
+        check_number(time_dim, "time_dim", "DiffVNet", integer=True, minimum=4)
+        norm = look_up(norm, NORMS, "norm", "DiffVNet")
         for name, value in (("dropout_prob", dropout_prob), ("unit_dropout", unit_dropout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"DiffVNet: `{name}` must be a float in [0, 1], got {value!r}.")
         widths = tuple(n_filters * 2**i for i in range(len(_ENCODER_UNITS)))
         if norm == "group":
-            if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
-                raise ValueError(f"DiffVNet: `num_groups` must be a positive int, got {num_groups!r}.")
+            check_number(num_groups, "num_groups", "DiffVNet", integer=True, minimum=1)
             if any(w % num_groups for w in widths):
                 raise ValueError(
                     f"DiffVNet: norm='group' needs every width {widths} divisible by `num_groups`={num_groups}."

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from scdl_monai.data.utils import check_number
 from scdl_monai.networks.prior_injection import SCDLNetwork
 from scdl_monai.networks.vnet import VNet
 
@@ -50,8 +51,7 @@ def location_head_in_features(bottleneck_channels: int, cube_size: int | Sequenc
     Raises:
         ValueError: non-positive sizes, or a cube size not divisible by ``shape_factor``.
     """
-    if isinstance(bottleneck_channels, bool) or not isinstance(bottleneck_channels, int) or bottleneck_channels < 1:
-        raise ValueError(f"`bottleneck_channels` must be a positive int, got {bottleneck_channels!r}.")
+    check_number(bottleneck_channels, "bottleneck_channels", integer=True, minimum=1)
     cubes = _cube3(cube_size)
     if any(c % shape_factor for c in cubes):
         raise ValueError(f"`cube_size` {cubes} must be divisible by the backbone's shape factor {shape_factor}.")
@@ -96,8 +96,7 @@ class LocationHead(nn.Module):
         super().__init__()
         sizes = (("in_features", in_features), ("num_locations", num_locations), ("hidden_features", hidden_features))
         for key, value in sizes:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"LocationHead: `{key}` must be a positive int, got {value!r}.")
+            check_number(value, key, "LocationHead", integer=True, minimum=1)
         self.in_features = in_features
         self.num_locations = num_locations
         self.layers = nn.Sequential(

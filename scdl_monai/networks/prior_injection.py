@@ -49,9 +49,9 @@ from contextlib import ExitStack, contextmanager
 from typing import NamedTuple
 
 import torch
-from monai.utils import look_up_option
 from torch import nn
 
+from scdl_monai.data.utils import look_up
 from scdl_monai.networks.class_distribution import SCDL, TOKEN_SOURCES, SCDLOutput, TokenExtractor
 from scdl_monai.networks.diffvnet import DiffVNet
 
@@ -83,15 +83,6 @@ class SCDLRecord(NamedTuple):
 
     logits: torch.Tensor
     scdl: SCDLOutput
-
-
-def _choice(name: str, value, choices: Sequence[str]) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"SCDLNetwork: `{name}` must be one of {tuple(choices)}, got {value!r}.")
-    try:
-        return look_up_option(value.lower(), choices)
-    except ValueError as err:
-        raise ValueError(f"SCDLNetwork: invalid `{name}`={value!r}. {err}".strip()) from None
 
 
 class SCDLNetwork(nn.Module):
@@ -180,8 +171,8 @@ class SCDLNetwork(nn.Module):
                 f"decode(features, injection=None), feature_channels and decoder_channels (like "
                 f"scdl_monai.networks.vnet.VNet); missing {missing}."
             )
-        self.token_source = _choice("token_source", token_source, TOKEN_SOURCES)
-        self.injection = _choice("injection", injection, INJECTION_TARGETS)
+        self.token_source = look_up(token_source, TOKEN_SOURCES, "token_source", "SCDLNetwork")
+        self.injection = look_up(injection, INJECTION_TARGETS, "injection", "SCDLNetwork")
         for key, flag in (("use_prior_at_inference", use_prior_at_inference), ("detach_prior", detach_prior)):
             if not isinstance(flag, bool):
                 raise ValueError(f"SCDLNetwork: `{key}` must be a bool, got {flag!r}.")
@@ -273,7 +264,7 @@ class SCDLNetwork(nn.Module):
     @classmethod
     def required_injection_channels(cls, backbone: nn.Module, injection: str) -> tuple[int, ...]:
         """``SCDL.injection_channels`` for ``injection`` on ``backbone`` (``()`` for ``"none"``)."""
-        target = _choice("injection", injection, INJECTION_TARGETS)
+        target = look_up(injection, INJECTION_TARGETS, "injection", "SCDLNetwork")
         return cls._required_channels(target, tuple(backbone.feature_channels), tuple(backbone.decoder_channels))
 
     def injects(self) -> bool:

@@ -35,6 +35,8 @@ from monai.networks.layers.factories import Act, Conv, Dropout, Norm
 from monai.utils import look_up_option
 from torch import nn
 
+from scdl_monai.data.utils import check_number, look_up
+
 __all__ = ["VNet", "initialize_weights", "NORMS", "INIT_SCHEMES"]
 
 #: Normalisation choices of :class:`VNet` (reference names: batchnorm, instancenorm, groupnorm, none).
@@ -89,9 +91,7 @@ def initialize_weights(module: nn.Module, scheme: str = "kaiming") -> nn.Module:
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"initialize_weights: `module` must be an nn.Module, got {type(module).__name__}.")
-    if not isinstance(scheme, str):
-        raise TypeError(f"initialize_weights: `scheme` must be one of {INIT_SCHEMES}, got {scheme!r}.")
-    scheme = look_up_option(scheme.lower(), INIT_SCHEMES)
+    scheme = look_up(scheme, INIT_SCHEMES, "scheme", "initialize_weights", type_error=TypeError)
     for m in _initializable_modules(module):
         if isinstance(m, _PLAIN_CONVS):
             if scheme == "kaiming":
@@ -141,12 +141,6 @@ def _stage(spatial_dims: int, in_channels: int, out_channels: int, units: int, n
             for i in range(units)
         )
     )
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"VNet: `{name}` must be a positive int, got {value!r}.")
-    return value
 
 
 class VNet(nn.Module):
@@ -215,12 +209,9 @@ class VNet(nn.Module):
         super().__init__()
         if spatial_dims not in (1, 2, 3) or isinstance(spatial_dims, bool):
             raise ValueError(f"VNet: `spatial_dims` must be 1, 2 or 3, got {spatial_dims!r}.")
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("out_channels", out_channels)
-        _check_positive_int("n_filters", n_filters)
-        if not isinstance(norm, str):
-            raise ValueError(f"VNet: `norm` must be one of {NORMS}, got {norm!r}.")
-        norm = look_up_option(norm.lower(), NORMS)
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("n_filters", n_filters)):
+            check_number(value, name, "VNet", integer=True, minimum=1)
+        norm = look_up(norm, NORMS, "norm", "VNet")
         if not isinstance(dropout_prob, (int, float)) or not 0.0 <= float(dropout_prob) <= 1.0:
             raise ValueError(f"VNet: `dropout_prob` must be a float in [0, 1], got {dropout_prob!r}.")
         if init is not None:
@@ -230,7 +221,7 @@ class VNet(nn.Module):
 
         widths = tuple(n_filters * 2**i for i in range(len(_ENCODER_UNITS)))
         if norm == "group":
-            _check_positive_int("num_groups", num_groups)
+            check_number(num_groups, "num_groups", "VNet", integer=True, minimum=1)
             bad = [w for w in widths if w % num_groups]
             if bad:
                 raise ValueError(

@@ -1,5 +1,7 @@
 """Tests for scdl_monai.methods.cps (docs/methods.md#cps) and the shared pieces of methods.base."""
 
+from functools import partial
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -9,23 +11,14 @@ from torch import nn
 from scdl_monai.losses.segmentation import DiceCELoss
 from scdl_monai.methods.base import LogitMean, MethodOutput
 from scdl_monai.methods.cps import CPS
-from scdl_monai.networks.vnet import VNet
+
+from .conftest import random_batch, two_vnets
 
 C = 3
 SHAPE = (16, 16, 16)
 
-
-def nets(seed=0):
-    torch.manual_seed(seed)
-    return VNet(out_channels=C, n_filters=4), VNet(out_channels=C, n_filters=4)
-
-
-def batch(seed=0, n_l=1, n_u=1):
-    g = torch.Generator().manual_seed(seed)
-    image_l = torch.randn(n_l, 1, *SHAPE, generator=g)
-    label_l = torch.randint(0, C, (n_l, 1, *SHAPE), generator=g)
-    image_u = torch.randn(n_u, 1, *SHAPE, generator=g)
-    return image_l, label_l, image_u
+nets = partial(two_vnets, C)
+batch = partial(random_batch, C, shape=SHAPE)
 
 
 def manual_cps(net_a, net_b, image_l, label_l, image_u, w, weight_a=None, weight_b=None):

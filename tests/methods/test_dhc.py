@@ -2,6 +2,7 @@
 
 import copy
 import json
+from functools import partial
 
 import nibabel as nib
 import numpy as np
@@ -20,22 +21,14 @@ from scdl_monai.methods.dhc import DHC
 from scdl_monai.networks.vnet import VNet
 from scdl_monai.weighting import DiffDW, DistDW, distdw_weights
 
+from .conftest import random_batch, two_vnets
+
 C = 4
 SHAPE = (16, 16, 16)
 COUNTS = [1e6, 1e4, 1e2, 0]  # docs/methods.md#distdw example -> [0, 0.571, 1.143, 4]
 
-
-def nets(seed=0):
-    torch.manual_seed(seed)
-    return VNet(out_channels=C, n_filters=4), VNet(out_channels=C, n_filters=4)
-
-
-def batch(seed=0, n_l=1, n_u=1):
-    g = torch.Generator().manual_seed(seed)
-    image_l = torch.randn(n_l, 1, *SHAPE, generator=g)
-    label_l = torch.randint(0, C, (n_l, 1, *SHAPE), generator=g)
-    image_u = torch.randn(n_u, 1, *SHAPE, generator=g)
-    return image_l, label_l, image_u
+nets = partial(two_vnets, C)
+batch = partial(random_batch, C, shape=SHAPE)
 
 
 def logits_of(method, image_l, image_u):

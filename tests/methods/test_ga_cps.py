@@ -1,6 +1,7 @@
 """Tests for scdl_monai.methods.ga_cps (GA-CPS, docs/methods.md#ga-cps)."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -14,21 +15,13 @@ from scdl_monai.methods.cps import CPS
 from scdl_monai.methods.ga_cps import GACPS, GASupervisedLoss
 from scdl_monai.networks.vnet import VNet
 
+from .conftest import random_batch, two_vnets
+
 C = 3
 SHAPE = (16, 16, 16)
 
-
-def nets(seed=0):
-    torch.manual_seed(seed)
-    return VNet(out_channels=C, n_filters=4), VNet(out_channels=C, n_filters=4)
-
-
-def batch(seed=0, n_l=2, n_u=2):
-    g = torch.Generator().manual_seed(seed)
-    image_l = torch.randn(n_l, 1, *SHAPE, generator=g)
-    label_l = torch.randint(0, C, (n_l, 1, *SHAPE), generator=g)
-    image_u = torch.randn(n_u, 1, *SHAPE, generator=g)
-    return image_l, label_l, image_u
+nets = partial(two_vnets, C)
+batch = partial(random_batch, C, n_l=2, n_u=2, shape=SHAPE)
 
 
 def test_is_cps_with_ga_losses():

@@ -1,5 +1,7 @@
 """Tests for scdl_monai.methods.genericssl (GenericSSL / A&D, docs/methods.md#genericssl)."""
 
+from functools import partial
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -13,22 +15,18 @@ from scdl_monai.methods.genericssl import GenericSSL
 from scdl_monai.networks.diffvnet import DiffVNet
 from scdl_monai.weighting import DiffDW
 
+from .conftest import random_batch
+
 C = 3
 SHAPE = (32, 32, 32)
 SMALL = (32, 16, 16)  # bottleneck 2x1x1: batch norm needs > 1 value per channel at batch 1
+
+batch = partial(random_batch, C, shape=SHAPE)
 
 
 def make_method(seed=0, **kwargs):
     torch.manual_seed(seed)
     return GenericSSL(DiffVNet(out_channels=C, n_filters=4), num_classes=C, **kwargs)
-
-
-def batch(seed=0, n_l=1, n_u=1, shape=SHAPE):
-    g = torch.Generator().manual_seed(seed)
-    image_l = torch.randn(n_l, 1, *shape, generator=g)
-    label_l = torch.randint(0, C, (n_l, 1, *shape), generator=g)
-    image_u = torch.randn(n_u, 1, *shape, generator=g)
-    return image_l, label_l, image_u
 
 
 def params(module):

@@ -6,6 +6,7 @@ so the tiny student uses batch norm; the reference size (96³ / 32³, InstanceNo
 """
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -20,9 +21,13 @@ from scdl_monai.methods.magicnet import MagicNet, ema_momentum, magicnet_dice_lo
 from scdl_monai.networks.magicnet import MagicNetwork
 from scdl_monai.networks.vnet import VNet
 
+from .conftest import random_batch
+
 C = 3
 P = 48
 SHAPE = (P, P, P)
+
+batch = partial(random_batch, C, n_l=2, n_u=2, shape=SHAPE)
 
 
 def student(seed=0):
@@ -33,14 +38,6 @@ def student(seed=0):
 
 def method(seed=0, **kwargs):
     return MagicNet(student(seed), num_classes=C, **kwargs)
-
-
-def batch(seed=0, n_l=2, n_u=2):
-    g = torch.Generator().manual_seed(seed)
-    image_l = torch.randn(n_l, 1, *SHAPE, generator=g)
-    label_l = torch.randint(0, C, (n_l, 1, *SHAPE), generator=g)
-    image_u = torch.randn(n_u, 1, *SHAPE, generator=g)
-    return image_l, label_l, image_u
 
 
 def reference_dice(logits, label):
