@@ -338,6 +338,10 @@ def run_one(spec: dict) -> dict:
     return row
 
 
+#: Prefix of the one line ``--plan`` prints (benchmarks/rebase_runs.py parses it).
+PLAN_MARKER = "quality plan: "
+
+
 def result_path(out_dir: Path, config: str, seed: int) -> Path:
     return out_dir / "runs" / f"{config}_seed{seed}.json"
 
@@ -810,6 +814,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", default=None, help="keep data and run folders here (default: temporary)")
     parser.add_argument("--reuse", action="store_true", help="reuse stored results in <out>/runs whose settings match")
     parser.add_argument("--reuse-only", action="store_true", help="only tabulate stored results; missing = 'not run'")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the planned runs and their fingerprints as JSON, run nothing")  # fmt: skip
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -905,6 +911,11 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError:  # an unknown method: the child reports it as an error row
                 spec["fingerprint"] = None
             specs.append(spec)
+    if args.plan:
+        print(PLAN_MARKER + json.dumps([{k: s[k] for k in ("config", "seed", "fingerprint")} for s in specs]))
+        if tmp is not None:
+            tmp.cleanup()
+        return 0
     commit = _commit()
     for spec in specs:
         spec["commit"] = commit

@@ -79,6 +79,12 @@ def test_quality_quick_reports_paired_tail_and_both_models_and_reuses_stored_run
     # --reuse: the stored results match these settings, nothing is trained again
     proc = _run("--seeds", "0", "--out", str(out), "--work-dir", str(work), "--configs", "supervised", "cps", "--reuse")
     assert proc.stdout.count("[stored]") == 2, proc.stdout[-2000:]
+    # --plan: the fingerprints a run would have, nothing run (benchmarks/rebase_runs.py relies on it)
+    proc = _run("--seeds", "0", "--work-dir", str(work), "--configs", "supervised", "cps", "--plan")
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("quality plan: "))
+    planned = {p["config"]: p["fingerprint"] for p in json.loads(line[len("quality plan: "):])}
+    assert planned == {c: json.loads((out / "runs" / f"{c}_seed0.json").read_text())["fingerprint"]
+                       for c in ("supervised", "cps")}  # fmt: skip
 
     # the same command on a hand-written datalist (a second phantom seed, relative paths)
     from scdl_monai.data.phantom import generate_phantom
