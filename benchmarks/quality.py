@@ -92,6 +92,8 @@ LABELS = {
     "ga_magicnet": "GA-MagicNet",
     "magicnet": "MagicNet",
     "genericssl": "GenericSSL (A&D)",
+    "simis": "SimiS",
+    "cld": "CLD",
 }
 #: Tail organs (the rarest classes of Synapse; AMOS has all but the portal & splenic veins): their
 #: mean Dice is the "Tail" column.

@@ -69,6 +69,7 @@ __all__ = [
     "METHOD_BASES",
     "SCDL_METHODS",
     "SHIPPED",
+    "UNSHIPPED_METHODS",
     "SCHEMA_URL",
     "components_dir",
     "schema_path",
@@ -87,7 +88,9 @@ __all__ = [
 ]
 
 #: Methods with overlays under ``bundles/_components/methods/``.
-METHODS: tuple[str, ...] = ("supervised", "cps", "dhc", "ga_cps", "magicnet", "ga_magicnet", "genericssl")
+METHODS: tuple[str, ...] = (
+    "supervised", "cps", "dhc", "ga_cps", "magicnet", "ga_magicnet", "genericssl", "simis", "cld",
+)  # fmt: skip
 #: Datasets with overlays under ``bundles/_components/datasets/``.
 DATASETS: tuple[str, ...] = ("synapse", "amos")
 #: Backbones with overlays under ``bundles/_components/backbones/``.
@@ -112,6 +115,8 @@ METHOD_PROTOCOLS: dict[str, str] = {
     "magicnet": "ga",
     "ga_magicnet": "ga",
     "genericssl": "dhc",
+    "simis": "dhc",
+    "cld": "dhc",
 }
 #: Methods composed on top of another method's overlays (``methods/<base>/<kind>.json`` first).
 METHOD_BASES: dict[str, str] = {"ga_magicnet": "magicnet"}
@@ -119,9 +124,11 @@ METHOD_BASES: dict[str, str] = {"ga_magicnet": "magicnet"}
 SCDL_METHODS: tuple[str, ...] = ("cps", "dhc", "ga_cps", "ga_magicnet", "genericssl")
 #: The bundles generated into ``bundles/`` and committed: ``(method, dataset, scdl)``, every method
 #: on both datasets, then the SCDL variants.
-SHIPPED: tuple[tuple[str, str, bool], ...] = tuple((m, d, False) for m in METHODS for d in DATASETS) + tuple(
-    (m, d, True) for m in SCDL_METHODS for d in DATASETS
-)
+#: Methods with components but no committed bundle yet: simis and cld get theirs with the bundle redesign.
+UNSHIPPED_METHODS: tuple[str, ...] = ("simis", "cld")
+SHIPPED: tuple[tuple[str, str, bool], ...] = tuple(
+    (m, d, False) for m in METHODS if m not in UNSHIPPED_METHODS for d in DATASETS
+) + tuple((m, d, True) for m in SCDL_METHODS for d in DATASETS)
 #: Methods whose network is built on the project VNet's hooks (no backbone swap).
 _VNET_ONLY = ("magicnet", "ga_magicnet", "genericssl")
 
@@ -155,6 +162,14 @@ _MAGICNET_REF = (
 _CPS_REF = (
     "Chen X., Yuan Y., Zeng G., Wang J. Semi-Supervised Semantic Segmentation with Cross Pseudo "
     "Supervision. CVPR 2021. https://arxiv.org/abs/2106.01226"
+)
+_SIMIS_REF = (
+    "Chen H., Fan Y., Wang Y., Wang J., Schiele B., Xie X., Savvides M., Raj B. An Embarrassingly Simple "
+    "Baseline for Imbalanced Semi-Supervised Learning. arXiv 2022 (v1). https://arxiv.org/abs/2211.11086"
+)
+_CLD_REF = (
+    "Lin Y., Yao H., Li Z., Zheng G., Li X. Calibrating Label Distribution for Class-Imbalanced "
+    "Barely-Supervised Knee Segmentation. MICCAI 2022. https://arxiv.org/abs/2205.03644"
 )
 _VNET_REF = (
     "Milletari F., Navab N., Ahmadi S.-A. V-Net: Fully Convolutional Neural Networks for Volumetric "
@@ -197,6 +212,24 @@ _METHOD_TEXT: dict[str, dict[str, Any]] = {
         "per-class normalisation), per-iteration poly LR over 17,000 iterations; inference averages the "
         "two networks' logits",
         "references": [_GA_REF, _CPS_REF],
+        "networks": 2,
+    },
+    "simis": {
+        "title": "SimiS on cross pseudo supervision",
+        "summary": "cross pseudo supervision whose two networks weight their losses per class with SimiS "
+        "weights C(max P - P) of the class shares P of their own predictions, an EMA (0.99) updated every "
+        "iteration and started near uniform from the labeled ground truth; inference averages the two "
+        "networks' logits",
+        "references": [_SIMIS_REF, _DHC_REF + " (SimiS on CPS, code/train_simis.py)", _CPS_REF],
+        "networks": 2,
+    },
+    "cld": {
+        "title": "CLD (calibrating label distribution) on cross pseudo supervision",
+        "summary": "cross pseudo supervision with static class weights (max N / N)^(1/3) from the labeled "
+        "ground truth and pseudo-label terms restricted to voxels sampled per predicted class, at rates that "
+        "grow as the network's confidence in that class on labeled data falls; inference averages the two "
+        "networks' logits",
+        "references": [_CLD_REF, _DHC_REF + " (CLD on CPS, code/train_cld.py)", _CPS_REF],
         "networks": 2,
     },
     "magicnet": {
@@ -1037,7 +1070,7 @@ def _cli_write(
     protocol: str | None = None,
     scdl: bool | str = False,
 ) -> None:
-    """Write one self-contained bundle to OUT (method: supervised|cps|dhc|ga_cps|magicnet|ga_magicnet|genericssl;
+    """Write one self-contained bundle to OUT (method: supervised|cps|dhc|ga_cps|magicnet|ga_magicnet|genericssl|simis|cld;
     dataset: synapse|amos; backbone: vnet|unet|segresnet; protocol: native|dhc|ga, default the method's own;
     scdl: true|false, add the SCDL plug-in)."""
     path = write_bundle(method, dataset, out, backbone=backbone, protocol=protocol, scdl=scdl)

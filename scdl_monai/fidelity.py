@@ -76,6 +76,25 @@ _GA_METRICS = (
     "(`utils/test_util_vnet_AB.py:38-43,218-242`)"
 )
 
+
+def _dhc_two_network(method: str, trained_by: str) -> InferenceFidelity:
+    """The record of a two-network method of the DHC repository, tested by ``test.py --cps AB``."""
+    return InferenceFidelity(
+        method=method,
+        script=f"`{_DHC_TEST}` with `--cps AB` (`{trained_by}` checkpoints)",
+        patch=(128, 128, 64),
+        stride=(32, 32, 16),
+        stride_source=_DHC_STRIDES,
+        fusion_source="`xmed-lab/DHC:code/utils/__init__.py` `test_single_case_AB` (lines 302-312 at 990998d)",
+        ensemble="softmax((A(x) + B(x)) / 2) per window: mean of the two networks' logits, then softmax",
+        ensemble_source="`test_single_case_AB` (line 302 at 990998d)",
+        reference="dhc",
+        grid=_DHC_GRID,
+        grid_source=_DHC_EVAL,
+        metrics=_DHC_METRICS,
+    )
+
+
 #: Reference test-time behaviour per method (see the module docstring).
 INFERENCE: dict[str, InferenceFidelity] = {
     "supervised": InferenceFidelity(
@@ -92,34 +111,10 @@ INFERENCE: dict[str, InferenceFidelity] = {
         grid_source=_DHC_EVAL,
         metrics=_DHC_METRICS,
     ),
-    "cps": InferenceFidelity(
-        method="cps",
-        script=f"`{_DHC_TEST}` with `--cps AB` (`train_cps.py` checkpoints)",
-        patch=(128, 128, 64),
-        stride=(32, 32, 16),
-        stride_source=_DHC_STRIDES,
-        fusion_source="`xmed-lab/DHC:code/utils/__init__.py` `test_single_case_AB` (lines 302-312 at 990998d)",
-        ensemble="softmax((A(x) + B(x)) / 2) per window: mean of the two networks' logits, then softmax",
-        ensemble_source="`test_single_case_AB` (line 302 at 990998d)",
-        reference="dhc",
-        grid=_DHC_GRID,
-        grid_source=_DHC_EVAL,
-        metrics=_DHC_METRICS,
-    ),
-    "dhc": InferenceFidelity(
-        method="dhc",
-        script=f"`{_DHC_TEST}` with `--cps AB` (`train_dhc.py` checkpoints)",
-        patch=(128, 128, 64),
-        stride=(32, 32, 16),
-        stride_source=_DHC_STRIDES,
-        fusion_source="`xmed-lab/DHC:code/utils/__init__.py` `test_single_case_AB` (lines 302-312 at 990998d)",
-        ensemble="softmax((A(x) + B(x)) / 2) per window: mean of the two networks' logits, then softmax",
-        ensemble_source="`test_single_case_AB` (line 302 at 990998d)",
-        reference="dhc",
-        grid=_DHC_GRID,
-        grid_source=_DHC_EVAL,
-        metrics=_DHC_METRICS,
-    ),
+    "cps": _dhc_two_network("cps", "train_cps.py"),
+    "dhc": _dhc_two_network("dhc", "train_dhc.py"),
+    "simis": _dhc_two_network("simis", "train_simis.py"),
+    "cld": _dhc_two_network("cld", "train_cld.py"),
     "ga_cps": InferenceFidelity(
         method="ga_cps",
         script="`cicailalala/GALoss@65642f5:train_Synapse_CPS.py` / `train_AMOS_CPS.py`, final test call",

@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.weighting: DistDW / DiffDW maths and their buffer-backed trackers."""
+"""Tests for scdl_monai.weighting: DistDW / DiffDW / SimiS / CLD maths and their buffer-backed trackers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,19 @@ import math
 import pytest
 import torch
 
-from scdl_monai.weighting import DiffDW, DistDW, class_counts, distdw_weights, hard_dice_per_class
+from scdl_monai.weighting import (
+    ConfidenceBank,
+    DiffDW,
+    DistDW,
+    SimiSWeights,
+    class_counts,
+    cld_sampling_mask,
+    cld_sampling_rate,
+    cld_weights,
+    distdw_weights,
+    hard_dice_per_class,
+    simis_weights,
+)
 
 # ----------------------------------------------------------------------------------------------
 # DistDW: pure function
@@ -261,3 +273,117 @@ def test_diffdw_errors():
         DiffDW(3).update(torch.zeros(4, dtype=torch.long), torch.zeros(5, dtype=torch.long))
     with pytest.raises(TypeError, match="pred_labels"):
         DiffDW(3).update(torch.zeros(4), torch.zeros(4, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------------------------
+# SimiS (docs/methods.md#simis)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_simis_weights_worked_example():
+    # P = [0.6, 0.3, 0.1] -> C (max P - P) = 3 [0, 0.3, 0.5]
+    assert simis_weights(torch.tensor([6.0, 3.0, 1.0])).tolist() == pytest.approx([0.0, 0.9, 1.5], abs=1e-7)
+    # a class with no voxel gets C max P; equal counts (or none at all) give zeros, never NaN
+    assert simis_weights([5, 5, 0]).tolist() == pytest.approx([0.0, 0.0, 1.5], abs=1e-7)
+    assert simis_weights([4, 4]).tolist() == [0.0, 0.0]
+    assert simis_weights([0, 0, 0]).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="non-negative"):
+        simis_weights([1, -1])
+
+
+def test_simis_tracker_starts_at_c_initialises_one_ema_step_and_updates_by_hand():
+    tracker = SimiSWeights(3, momentum=0.9)
+    assert torch.equal(tracker.weights, torch.full((3,), 3.0))  # reference: ones * num_cls
+    w0 = tracker.init_from_counts([6, 3, 1])  # 0.9 * 3 + 0.1 * [0, 0.9, 1.5]
+    assert w0.tolist() == pytest.approx([2.7, 2.79, 2.85], abs=1e-6)
+    # counts [1, 1, 2] -> P = [0.25, 0.25, 0.5] -> rule 3 [0.25, 0.25, 0] = [0.75, 0.75, 0]
+    w1 = tracker.update(_labels_with_counts([1, 1, 2]).view(1, 1, 2, 2, 1))
+    assert w1.tolist() == pytest.approx([0.9 * 2.7 + 0.075, 0.9 * 2.79 + 0.075, 0.9 * 2.85], abs=1e-6)
+    assert set(tracker.state_dict()) == {"weights"}
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        tracker.init_from_counts([1, 2])
+
+
+# ----------------------------------------------------------------------------------------------
+# CLD (docs/methods.md#cld)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_cld_weights_worked_example_and_the_absent_class_guard():
+    # (1000 / N)^(1/3): 1000/125 = 2^3, 1000/8 = 5^3
+    assert cld_weights(torch.tensor([1000.0, 125.0, 8.0])).tolist() == pytest.approx([1.0, 2.0, 5.0])
+    # an absent class: the rarest present class's weight (default) or the reference's inf
+    assert cld_weights([1000, 125, 8, 0]).tolist() == pytest.approx([1.0, 2.0, 5.0, 5.0])
+    reference = cld_weights([1000, 125, 8, 0], absent="reference")
+    assert reference[:3].tolist() == pytest.approx([1.0, 2.0, 5.0]) and math.isinf(float(reference[3]))
+    assert cld_weights([0, 0]).tolist() == [1.0, 1.0]
+    assert torch.isnan(cld_weights([0, 0], absent="reference")).all()
+    with pytest.raises(ValueError, match="absent must be one of"):
+        cld_weights([1, 2], absent="max")
+
+
+def test_cld_sampling_rate_worked_example():
+    confidence = torch.tensor([0.96, 0.84, 0.36])  # 1 - c = [0.04, 0.16, 0.64] -> / 0.64 = [1/16, 1/4, 1]
+    assert cld_sampling_rate(confidence).tolist() == pytest.approx([0.25, 0.5, 1.0], abs=1e-6)
+    assert cld_sampling_rate(confidence, gamma=1.0).tolist() == pytest.approx([1 / 16, 0.25, 1.0], abs=1e-6)
+    assert cld_sampling_rate(torch.ones(3)).tolist() == [0.0, 0.0, 0.0]  # fully confident: keep nothing
+    with pytest.raises(ValueError, match="gamma"):
+        cld_sampling_rate(confidence, gamma=0)
+    with pytest.raises(ValueError, match=r"\(C,\)"):
+        cld_sampling_rate(confidence[None])
+
+
+def _grid(values):
+    """Values of 4 voxels as a (1, 1, 2, 2) map."""
+    return torch.tensor(values).view(1, 1, 2, 2)
+
+
+def test_confidence_bank_accumulates_refreshes_every_interval_and_then_averages():
+    bank = ConfidenceBank(3, momentum=0.5, interval=2, initial=[0.1, 0.2, 0.3])
+    uniform = torch.zeros(1, 3, 2, 2)  # p = 1/3 for every class
+    # step 1: labels [0, 1, 2, 2] -> sums [1/3, 1/3, 2/3], counts [1, 1, 2]; no refresh yet
+    assert bank.update(uniform, _grid([0, 1, 2, 2])).tolist() == pytest.approx([0.1, 0.2, 0.3])
+    # step 2: p = [1/2, 1/4, 1/4] everywhere, labels [0, 0, 1, 2] -> sums += [1, 1/4, 1/4], counts += [2, 1, 1]
+    skewed = torch.zeros(1, 3, 2, 2)
+    skewed[:, 0] = math.log(2.0)
+    first = bank.update(skewed, _grid([0, 0, 1, 2]))  # the first refresh replaces the initial value
+    assert first.tolist() == pytest.approx([4 / 9, 7 / 24, 11 / 36], abs=1e-6)
+    assert bank.score_sum.tolist() == [0.0, 0.0, 0.0] and bank.voxel_count.tolist() == [0.0, 0.0, 0.0]
+    # steps 3-4: only class 0, p = 1/3 -> c_new = [1/3, 0, 0] (absent classes: 0 / 1e-12); EMA 0.5
+    bank.update(uniform, _grid([0, 0, 0, 0]))
+    second = bank.update(uniform, _grid([0, 0, 0, 0]))
+    assert second.tolist() == pytest.approx([7 / 18, 7 / 48, 11 / 72], abs=1e-6)
+    assert int(bank.steps) == 4
+    assert set(bank.state_dict()) == {"confidence", "score_sum", "voxel_count", "steps"}
+
+
+def test_confidence_bank_random_start_and_errors():
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    assert torch.equal(ConfidenceBank(4).confidence, expected)  # the reference's torch.rand(C)
+    with pytest.raises(ValueError, match="interval"):
+        ConfidenceBank(3, interval=0)
+    with pytest.raises(ValueError, match="momentum"):
+        ConfidenceBank(3, momentum=1.0)
+    with pytest.raises(ValueError, match=r"initial must have shape \(3,\)"):
+        ConfidenceBank(3, initial=[0.5, 0.5])
+    with pytest.raises(ValueError, match="logits must have shape"):
+        ConfidenceBank(3).update(torch.zeros(1, 2, 2, 2), _grid([0, 0, 0, 0]))
+    with pytest.raises(ValueError, match="labels must have shape"):
+        ConfidenceBank(3).update(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
+
+
+def test_cld_sampling_mask_keeps_each_class_at_its_rate():
+    pred = torch.arange(3).repeat_interleave(20000).view(1, 1, 60000)
+    rate = torch.tensor([0.0, 1.0, 0.5])
+    torch.manual_seed(0)
+    mask = cld_sampling_mask(pred, rate)
+    assert mask.shape == pred.shape and mask.dtype == torch.float32
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    kept = [float(mask[pred == k].mean()) for k in range(3)]
+    assert kept[0] == 0.0 and kept[1] > 0.999 and abs(kept[2] - 0.5) < 0.02
+    torch.manual_seed(0)
+    assert torch.equal(cld_sampling_mask(pred, rate), mask)  # one draw per voxel from the global generator
+    with pytest.raises(TypeError, match="integer"):
+        cld_sampling_mask(pred.float(), rate)

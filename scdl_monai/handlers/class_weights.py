@@ -1,11 +1,13 @@
-"""Handlers around the class-weighting trackers (DistDW/DiffDW) of DHC and GenericSSL.
+"""Handlers around the class-weighting trackers (DistDW/DiffDW/SimiS) of DHC, GenericSSL and SimiS.
 
 - :class:`ClassWeightLogger` writes every tracker's per-class weights to TensorBoard and the
   stats log every ``interval`` iterations (the reference logs them per epoch with
   ``writer.add_scalars('class_weights/A', ...)``, ``xmed-lab/DHC:code/train_dhc.py``).
-- :class:`DistDWInitHandler` initialises DistDW from the ground-truth histogram of the labeled
-  training volumes at ``STARTED``, unless the method's trackers already hold state (restored by
-  ``CheckpointLoader``), whichever of the two handlers runs first.
+- :class:`LabelHistogramInitHandler` (alias :class:`DistDWInitHandler`) initialises a method's
+  class-balancing state (DHC's DistDW, SimiS's weights, CLD's static weights) from the
+  ground-truth histogram of the labeled training volumes at ``STARTED``, unless the method's
+  trackers already hold state (restored by ``CheckpointLoader``), whichever of the two handlers
+  runs first.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from monai.handlers import TensorBoardHandler
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
-from scdl_monai.weighting import DiffDW, DistDW
+from scdl_monai.weighting import CountWeights, DiffDW
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -26,12 +28,13 @@ else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
     Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
-__all__ = ["ClassWeightLogger", "DistDWInitHandler", "find_trackers"]
+__all__ = ["ClassWeightLogger", "LabelHistogramInitHandler", "DistDWInitHandler", "find_trackers"]
 
 
 def find_trackers(method: nn.Module) -> dict[str, nn.Module]:
-    """Every ``DistDW``/``DiffDW`` sub-module of ``method`` by its module path (e.g. ``weighting_a``)."""
-    return {name: m for name, m in method.named_modules() if isinstance(m, (DistDW, DiffDW))}
+    """Every class-weight tracker (``DistDW``, ``SimiSWeights``, ``DiffDW``: a ``weights`` buffer) of
+    ``method`` by its module path (e.g. ``weighting_a``)."""
+    return {name: m for name, m in method.named_modules() if isinstance(m, (CountWeights, DiffDW))}
 
 
 class ClassWeightLogger(TensorBoardHandler):
@@ -43,7 +46,7 @@ class ClassWeightLogger(TensorBoardHandler):
     ``StatsHandler``, so the lines go wherever the bundle sends the training stats.
 
     Args:
-        method: module holding ``DistDW``/``DiffDW`` sub-modules (e.g. :class:`~scdl_monai.methods.dhc.DHC`).
+        method: module holding tracker sub-modules (:func:`find_trackers`; e.g. :class:`~scdl_monai.methods.dhc.DHC`).
         interval: log at every ``interval``-th ``ITERATION_COMPLETED``.
         tag_prefix: TensorBoard tag prefix.
         class_names: optional names of the C classes used in tags and log lines.
@@ -69,7 +72,7 @@ class ClassWeightLogger(TensorBoardHandler):
             raise ValueError(f"ClassWeightLogger: interval must be a positive int, got {interval!r}.")
         self.trackers = find_trackers(method)
         if not self.trackers:
-            raise ValueError(f"ClassWeightLogger: {type(method).__name__} has no DistDW/DiffDW tracker to log.")
+            raise ValueError(f"ClassWeightLogger: {type(method).__name__} has no class-weight tracker to log.")
         sizes = {t.num_classes for t in self.trackers.values()}
         if class_names is not None and {len(class_names)} != sizes:
             raise ValueError(
@@ -98,19 +101,19 @@ class ClassWeightLogger(TensorBoardHandler):
         self._writer.flush()
 
 
-class DistDWInitHandler:
+class LabelHistogramInitHandler:
     """At ``STARTED``: ``method.init_from_datalist(source, ...)`` unless ``method.trackers_started``.
 
-    Does nothing either when the method has no ``DistDW`` tracker (DiffDW-DiffDW ablation). The
-    histogram's counts are kept in ``self.counts`` (None when skipped).
+    Does nothing either when ``method.needs_label_histogram`` is False (e.g. DHC's DiffDW-DiffDW
+    ablation). The histogram's counts are kept in ``self.counts`` (None when skipped).
 
     Safe in any order with ``CheckpointLoader`` (also attached at ``STARTED``): if the loader ran
     first, the restored ``trackers_started`` buffer is True and nothing happens; if this handler
     runs first, the loader then overwrites the freshly initialised buffers with the saved ones.
 
     Args:
-        method: object with ``init_from_datalist`` and a boolean ``trackers_started`` buffer
-            (:class:`~scdl_monai.methods.dhc.DHC`).
+        method: a :class:`~scdl_monai.methods.base.LabelHistogramInit` method (DHC, SimiS, CLD):
+            ``init_from_datalist`` and a boolean ``trackers_started`` buffer.
         source, transform, label_key, section: as :func:`~scdl_monai.data.histogram.label_histogram`
             (typically the datalist JSON and the training protocol's ``eval`` chain).
 
@@ -127,7 +130,10 @@ class DistDWInitHandler:
         section: str = "training",
     ) -> None:
         if not callable(getattr(method, "init_from_datalist", None)) or not hasattr(method, "trackers_started"):
-            raise TypeError(f"DistDWInitHandler: method must be a DHC-like module, got {type(method).__name__}.")
+            raise TypeError(
+                f"{type(self).__name__}: method must initialise from a label histogram (DHC, SimiS, CLD), "
+                f"got {type(method).__name__}."
+            )
         self.method, self.source, self.transform = method, source, transform
         self.label_key, self.section = label_key, section
         self.counts = None
@@ -139,6 +145,10 @@ class DistDWInitHandler:
     def __call__(self, engine: Engine) -> None:
         if bool(self.method.trackers_started):
             return
-        if not any(isinstance(t, DistDW) for t in find_trackers(self.method).values()):
-            return  # e.g. the DiffDW-DiffDW ablation: nothing to initialise, skip reading the volumes
+        if not getattr(self.method, "needs_label_histogram", True):
+            return  # e.g. DHC's DiffDW-DiffDW ablation: nothing to initialise, skip reading the volumes
         self.counts = self.method.init_from_datalist(self.source, self.transform, self.label_key, self.section)
+
+
+#: The name the DHC bundles use (DistDW was the first state initialised this way).
+DistDWInitHandler = LabelHistogramInitHandler

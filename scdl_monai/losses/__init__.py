@@ -2,12 +2,13 @@
 
 from scdl_monai.losses.ga import GACELoss, GADiceLoss
 from scdl_monai.losses.class_distribution_loss import E2PLoss, P2ELoss, ProxyLoss, SACLoss
-from scdl_monai.losses.segmentation import DiceCELoss, SoftDiceLoss, WeightedCELoss
+from scdl_monai.losses.segmentation import DiceCELoss, MaskedCELoss, SoftDiceLoss, WeightedCELoss
 
 __all__ = [
     "DiceCELoss",
     "SoftDiceLoss",
     "WeightedCELoss",
+    "MaskedCELoss",
     "GADiceLoss",
     "GACELoss",
     "E2PLoss",

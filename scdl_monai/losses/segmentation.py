@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import nn
 
-__all__ = ["WeightedCELoss", "SoftDiceLoss", "DiceCELoss", "as_float32", "check_logits_target", "check_class_weight"]
+__all__ = ["WeightedCELoss", "MaskedCELoss", "SoftDiceLoss", "DiceCELoss", "as_float32", "check_logits_target", "check_class_weight"]
 
 _MODES = ("reference", "monai")
 
@@ -113,6 +113,51 @@ class WeightedCELoss(nn.Module):
         denominator = weight[labels].sum()
         # where(): keep the exact torch value whenever the denominator is positive.
         return per_voxel.sum() / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+
+
+class MaskedCELoss(nn.Module):
+    """Cross-entropy times a class weight and a voxel mask, averaged over **all** voxels.
+
+    .. math::  \\mathrm{CE} = \\frac{1}{N} \\sum_i w_{y_i}\\, m_i\\, (-\\log p_{i,y_i})
+
+    over the N voxels of the batch (masked-out voxels still count in N), the
+    ``WeightedCrossEntropyLoss`` of ``xmed-lab/DHC@a6f72d37:code/utils/loss.py`` (L210-234), which
+    CLD uses for its pseudo-label term (docs/methods.md#cld). Unlike :class:`WeightedCELoss` the
+    sum is **not** divided by Σ w: with ``weight=None`` and ``mask=None`` it is the plain mean CE.
+
+    Example:
+        >>> loss = MaskedCELoss()
+        >>> logits, target = torch.zeros(1, 3, 2, 2, 2), torch.zeros(1, 1, 2, 2, 2)
+        >>> mask = torch.zeros(1, 1, 2, 2, 2); mask[..., 0] = 1  # half the voxels
+        >>> round(float(loss(logits, target, mask=mask)), 4)  # log(3) / 2
+        0.5493
+    """
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Args: logits (B, C, *spatial); target (B, 1, *spatial) int; weight (C,) or None; mask
+        (B, 1, *spatial) voxel multipliers (detached) or None. Returns a scalar.
+
+        Raises:
+            ValueError: shapes off the contract, or a mask that is not (B, 1, *spatial).
+        """
+        check_logits_target(logits, target, type(self).__name__)
+        weight = check_class_weight(weight, logits.shape[1], type(self).__name__)
+        if mask is not None and tuple(mask.shape) != tuple(target.shape):
+            raise ValueError(
+                f"{type(self).__name__}: mask must have the target's shape {tuple(target.shape)}, got {tuple(mask.shape)}."
+            )
+        logits = as_float32(logits)
+        labels = target.detach()[:, 0].long()
+        per_voxel = F.cross_entropy(logits, labels, weight=None if weight is None else weight.to(logits), reduction="none")
+        if mask is not None:
+            per_voxel = per_voxel * mask.detach()[:, 0].to(per_voxel)
+        return per_voxel.mean()
 
 
 class SoftDiceLoss(nn.Module):

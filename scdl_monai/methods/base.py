@@ -15,13 +15,14 @@ same with and without DDP (no ``module.`` prefix: the unwrapped networks are sav
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import nn
 
-__all__ = ["MethodOutput", "SemiSupervisedMethod", "LogitMean", "call_loss", "plain_tensor"]
+__all__ = ["MethodOutput", "SemiSupervisedMethod", "LogitMean", "LabelHistogramInit", "call_loss", "check_num_classes", "plain_tensor"]
 
 
 class MethodOutput(NamedTuple):
@@ -39,15 +40,28 @@ class MethodOutput(NamedTuple):
     terms: dict[str, torch.Tensor]
 
 
-def call_loss(loss: nn.Module, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None):
-    """Call ``loss(logits, target)``, passing ``weight=`` only when one is given.
+def call_loss(
+    loss: nn.Module,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+):
+    """Call ``loss(logits, target)``, passing ``weight=`` / ``mask=`` only when one is given.
 
     This lets a method accept any MONAI/torch loss with the ``(input, target)`` signature as long
-    as no per-call class weight is needed, and the project losses (which take ``weight``) otherwise.
+    as no per-call class weight or voxel mask is needed, and the project losses (which take
+    ``weight``; :class:`~scdl_monai.losses.segmentation.MaskedCELoss` also ``mask``) otherwise.
     """
-    if weight is None:
-        return loss(logits, target)
-    return loss(logits, target, weight=weight)
+    extra = {key: value for key, value in (("weight", weight), ("mask", mask)) if value is not None}
+    return loss(logits, target, **extra)
+
+
+def check_num_classes(owner: str, num_classes: int) -> int:
+    """``num_classes`` as an int >= 2 (background + organs), else a ValueError naming ``owner``."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"{owner}: num_classes must be an int >= 2 (background + organs), got {num_classes!r}.")
+    return num_classes
 
 
 def plain_tensor(x: Any) -> Any:
@@ -202,3 +216,44 @@ class SemiSupervisedMethod(nn.Module):
                 f"image_u must have the channels and spatial size of image_l {tuple(image_l.shape[1:])}, "
                 f"got {tuple(image_u.shape[1:])}."
             )
+
+
+class LabelHistogramInit:
+    """Mixin of methods whose class-balancing state starts from the labeled ground-truth histogram.
+
+    DHC (DistDW), SimiS and CLD initialise class weights once, before training, from the class
+    counts of every labeled training volume. A method using this mixin implements
+    :meth:`init_from_counts` and registers a boolean buffer ``trackers_started`` (checkpointed, so
+    a resumed run never re-initialises); :class:`~scdl_monai.handlers.class_weights.LabelHistogramInitHandler`
+    calls :meth:`init_from_datalist` at ``STARTED`` unless that buffer is set or
+    :attr:`needs_label_histogram` is False.
+    """
+
+    trackers_started: torch.Tensor
+    num_classes: int
+
+    @property
+    def needs_label_histogram(self) -> bool:
+        """Whether :meth:`init_from_counts` uses the counts (False skips reading the volumes)."""
+        return True
+
+    def init_from_counts(self, counts: torch.Tensor | Sequence[float]) -> None:
+        """Initialise the class-balancing state from ground-truth class counts (C,); sets ``trackers_started``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement init_from_counts().")
+
+    def init_from_datalist(
+        self,
+        source: str | Path | Mapping[str, Any] | Sequence[Any],
+        transform: Callable | None = None,
+        label_key: str = "label",
+        section: str = "training",
+    ) -> torch.Tensor:
+        """:meth:`init_from_counts` with :func:`~scdl_monai.data.histogram.label_histogram` of ``source``.
+
+        Arguments as :func:`~scdl_monai.data.histogram.label_histogram`. Returns the counts (C,).
+        """
+        from scdl_monai.data.histogram import label_histogram  # lazy: file reading is not needed otherwise
+
+        counts = label_histogram(source, self.num_classes, transform=transform, label_key=label_key, section=section)
+        self.init_from_counts(counts)
+        return counts

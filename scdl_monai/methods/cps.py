@@ -29,7 +29,9 @@ class CPS(SemiSupervisedMethod):
     λ(e) is the ``unsup_weight`` buffer (set by
     :class:`~scdl_monai.handlers.schedules.UnsupWeightSchedule`, sigmoid ramp-up to 0.1 over
     all epochs in DHC). The class weights w_A, w_B come from :meth:`class_weights`, ``None`` for
-    plain CPS; DHC overrides that hook (DiffDW for A, DistDW for B) and inherits the rest.
+    plain CPS; DHC overrides that hook (DiffDW for A, DistDW for B) and inherits the rest, as do
+    SimiS (SimiS weights) and CLD, which also overrides :meth:`pseudo_label_masks` (a voxel mask
+    per network passed to ``cps_loss`` as ``mask=``; ``None`` for plain CPS).
 
     Inference averages the **logits**: ``(z_A + z_B) / 2`` (:meth:`inference_network`).
 
@@ -105,6 +107,20 @@ class CPS(SemiSupervisedMethod):
         """
         return None, None
 
+    def pseudo_label_masks(
+        self, logits_a: torch.Tensor, logits_b: torch.Tensor, label_l: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per-voxel masks (m_A, m_B) of the CPS terms of A and B for this step; plain CPS uses none.
+
+        Called after :meth:`class_weights` and the supervised terms; a mask has the shape
+        (B_l + B_u, 1, *spatial) of the pseudo-labels and carries no gradient.
+
+        Args:
+            logits_a, logits_b: (B_l + B_u, C, *spatial) logits of A and B on cat(L, U).
+            label_l: (B_l, 1, *spatial) labels.
+        """
+        return None, None
+
     def forward(
         self, image_l: torch.Tensor, label_l: torch.Tensor, image_u: torch.Tensor | None = None
     ) -> MethodOutput:
@@ -120,8 +136,9 @@ class CPS(SemiSupervisedMethod):
         # hard pseudo-labels carry no gradient (argmax of detached logits)
         pseudo_a = logits_a.detach().argmax(dim=1, keepdim=True)
         pseudo_b = logits_b.detach().argmax(dim=1, keepdim=True)
-        cps_a = call_loss(self.cps_loss, logits_a, pseudo_b, weight_a)
-        cps_b = call_loss(self.cps_loss, logits_b, pseudo_a, weight_b)
+        mask_a, mask_b = self.pseudo_label_masks(logits_a, logits_b, label_l)
+        cps_a = call_loss(self.cps_loss, logits_a, pseudo_b, weight_a, mask_a)
+        cps_b = call_loss(self.cps_loss, logits_b, pseudo_a, weight_b, mask_b)
 
         loss_sup = sup_a + sup_b
         loss_cps = cps_a + cps_b

@@ -9,14 +9,12 @@ only from the weightings; everything else is inherited from :class:`CPS` through
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from scdl_monai.methods.base import MethodOutput, plain_tensor
+from scdl_monai.methods.base import LabelHistogramInit, MethodOutput, check_num_classes, plain_tensor
 from scdl_monai.methods.cps import CPS
 from scdl_monai.weighting import DiffDW, DistDW
 
@@ -26,7 +24,7 @@ __all__ = ["DHC", "WEIGHTINGS"]
 WEIGHTINGS = ("diffdw", "distdw")
 
 
-class DHC(CPS):
+class DHC(CPS, LabelHistogramInit):
     """CPS with a DiffDW-weighted network A and a DistDW-weighted network B.
 
     Per iteration, with x = cat(x_L, x_U), z_A = A(x), z_B = B(x) (one forward each):
@@ -53,7 +51,7 @@ class DHC(CPS):
     DistDW initialisation: the reference sets DistDW's weights from the ground-truth histogram of
     all labeled training volumes before training. Pass ``init_counts`` (e.g.
     ``label_histogram(datalist, C)``), call :meth:`init_from_counts` / :meth:`init_from_datalist`,
-    or attach :class:`~scdl_monai.handlers.class_weights.DistDWInitHandler` (runs at ``STARTED``,
+    or attach :class:`~scdl_monai.handlers.class_weights.LabelHistogramInitHandler` (runs at ``STARTED``,
     skipped on resume). The boolean buffer ``trackers_started`` records that the trackers hold
     state (initialised or updated); it is checkpointed, so a resumed run never re-initialises.
     Before any initialisation DistDW holds ones (neutral).
@@ -119,8 +117,7 @@ class DHC(CPS):
         loss_mode: str = "reference",
         init_b: str | None = "kaiming",
     ) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"DHC: num_classes must be an int >= 2 (background + organs), got {num_classes!r}.")
+        check_num_classes("DHC", num_classes)
         super().__init__(network_a, network_b, sup_loss=sup_loss, cps_loss=cps_loss, loss_mode=loss_mode, init_b=init_b)
         self.num_classes = num_classes
         options = {"distdw_momentum": distdw_momentum, "diffdw_momentum": diffdw_momentum, "diffdw_alpha": diffdw_alpha}
@@ -175,22 +172,10 @@ class DHC(CPS):
                 tracker.init_from_counts(counts)
         self.trackers_started.fill_(True)
 
-    def init_from_datalist(
-        self,
-        source: str | Path | Mapping[str, Any] | Sequence[Any],
-        transform: Callable | None = None,
-        label_key: str = "label",
-        section: str = "training",
-    ) -> torch.Tensor:
-        """:meth:`init_from_counts` with :func:`~scdl_monai.data.histogram.label_histogram` of ``source``.
-
-        Arguments as :func:`~scdl_monai.data.histogram.label_histogram`. Returns the counts (C,).
-        """
-        from scdl_monai.data.histogram import label_histogram  # lazy: file reading is not needed otherwise
-
-        counts = label_histogram(source, self.num_classes, transform=transform, label_key=label_key, section=section)
-        self.init_from_counts(counts)
-        return counts
+    @property
+    def needs_label_histogram(self) -> bool:
+        """True when a tracker is DistDW (the DiffDW-DiffDW ablation has nothing to initialise)."""
+        return any(isinstance(t, DistDW) for t in self.trackers().values())
 
     @torch.no_grad()
     def _update(self, tracker: nn.Module, logits: torch.Tensor, label_l: torch.Tensor) -> torch.Tensor:

@@ -83,14 +83,14 @@ def test_logger_values_equal_tracker_buffers(tmp_path):
 
 def test_errors():
     cps = CPS(VNet(out_channels=C, n_filters=4), VNet(out_channels=C, n_filters=4))
-    with pytest.raises(ValueError, match="no DistDW/DiffDW tracker"):
+    with pytest.raises(ValueError, match="no class-weight tracker"):
         ClassWeightLogger(cps)
     dhc = DHC(VNet(out_channels=C, n_filters=4), VNet(out_channels=C, n_filters=4), num_classes=C)
     with pytest.raises(ValueError, match="interval"):
         ClassWeightLogger(dhc, interval=0)
     with pytest.raises(ValueError, match="class_names has 2 names"):
         ClassWeightLogger(dhc, class_names=["a", "b"])
-    with pytest.raises(TypeError, match="DHC-like"):
+    with pytest.raises(TypeError, match="label histogram"):
         DistDWInitHandler(cps, source=[])
 
 

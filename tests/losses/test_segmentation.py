@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scdl_monai.losses.segmentation import DiceCELoss, SoftDiceLoss, WeightedCELoss
+from scdl_monai.losses.segmentation import DiceCELoss, MaskedCELoss, SoftDiceLoss, WeightedCELoss
 
 
 def tiny_case():
@@ -50,6 +50,28 @@ def test_weighted_ce_all_zero_weight_is_zero_not_nan():
     loss = WeightedCELoss()(logits, target, w)
     loss.backward()
     assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_masked_ce_hand_computed_divides_by_all_voxels():
+    logits, target = tiny_case()
+    nll0, nll1 = math.log(2.0), math.log(4.0 / 3.0)
+    w = torch.tensor([1.0, 3.0])
+    assert MaskedCELoss()(logits, target).item() == pytest.approx((nll0 + nll1) / 2, rel=1e-6)
+    # w[y]·nll over both voxels / 2, not / Σw (the WeightedCrossEntropyLoss of the CLD reference)
+    assert MaskedCELoss()(logits, target, w).item() == pytest.approx((nll0 + 3 * nll1) / 2, rel=1e-6)
+    mask = torch.tensor([[[0.0, 1.0]]])
+    assert MaskedCELoss()(logits, target, w, mask=mask).item() == pytest.approx(3 * nll1 / 2, rel=1e-6)
+
+
+def test_masked_ce_mask_carries_no_gradient_and_is_checked():
+    logits, target = random_case()
+    logits.requires_grad_(True)
+    mask = torch.rand(target.shape, requires_grad=True)
+    loss = MaskedCELoss()(logits, target, torch.tensor([0.5, 1.0, 2.0, 4.0]), mask=mask)
+    loss.backward()
+    assert logits.grad is not None and mask.grad is None
+    with pytest.raises(ValueError, match="mask must have the target's shape"):
+        MaskedCELoss()(logits, target, mask=mask[:, :, :2])
 
 
 def test_soft_dice_hand_computed():
