@@ -1,6 +1,6 @@
 """Exact resume and determinism for every method, and resume after SIGKILL through the bundle CLI.
 
-For each method (supervised, CPS, DHC, GA-CPS, MagicNet, GenericSSL, CPS+SCDL), composed from the
+For each method (supervised, CPS, DHC, GA-CPS, MagicNet, GenericSSL, SKCDF, CPS+SCDL), composed from the
 bundle components and run with MONAI's ``ConfigWorkflow`` on CPU with shuffling and random crops on:
 
 * 2 epochs straight == resume from the straight run's epoch-1 checkpoint + 1 epoch: every tensor and
@@ -50,6 +50,7 @@ METHODS = {
     "ga_cps": (("methods/ga_cps",), {}),
     "magicnet": (("methods/magicnet",), {"cube_size": 16, "location_hidden_features": 16, "network_def#norm": "batch"}),
     "genericssl": (("methods/genericssl",), {"class_weight_log_interval": 1, "val_interval": 100}),  # DDIM validation is slow
+    "skcdf": (("methods/skcdf",), {}),
     "cps_scdl": (("methods/cps", "scdl"), {"scdl_block#z_dim": 8, "scdl_block#num_proxy_samples": 3, "scdl_warmup_iters": 2}),
 }
 
