@@ -89,7 +89,7 @@ __all__ = [
 
 #: Methods with overlays under ``bundles/_components/methods/``.
 METHODS: tuple[str, ...] = (
-    "supervised", "cps", "dhc", "ga_cps", "magicnet", "ga_magicnet", "genericssl", "simis", "cld",
+    "supervised", "cps", "dhc", "ga_cps", "magicnet", "ga_magicnet", "genericssl", "simis", "cld", "skcdf",
 )  # fmt: skip
 #: Datasets with overlays under ``bundles/_components/datasets/``.
 DATASETS: tuple[str, ...] = ("synapse", "amos")
@@ -117,6 +117,7 @@ METHOD_PROTOCOLS: dict[str, str] = {
     "genericssl": "dhc",
     "simis": "dhc",
     "cld": "dhc",
+    "skcdf": "dhc",
 }
 #: Methods composed on top of another method's overlays (``methods/<base>/<kind>.json`` first).
 METHOD_BASES: dict[str, str] = {"ga_magicnet": "magicnet"}
@@ -124,13 +125,13 @@ METHOD_BASES: dict[str, str] = {"ga_magicnet": "magicnet"}
 SCDL_METHODS: tuple[str, ...] = ("cps", "dhc", "ga_cps", "ga_magicnet", "genericssl")
 #: The bundles generated into ``bundles/`` and committed: ``(method, dataset, scdl)``, every method
 #: on both datasets, then the SCDL variants.
-#: Methods with components but no committed bundle yet: simis and cld get theirs with the bundle redesign.
-UNSHIPPED_METHODS: tuple[str, ...] = ("simis", "cld")
+#: Methods with components but no committed bundle yet: simis, cld and skcdf get theirs with the bundle redesign.
+UNSHIPPED_METHODS: tuple[str, ...] = ("simis", "cld", "skcdf")
 SHIPPED: tuple[tuple[str, str, bool], ...] = tuple(
     (m, d, False) for m in METHODS if m not in UNSHIPPED_METHODS for d in DATASETS
 ) + tuple((m, d, True) for m in SCDL_METHODS for d in DATASETS)
 #: Methods whose network is built on the project VNet's hooks (no backbone swap).
-_VNET_ONLY = ("magicnet", "ga_magicnet", "genericssl")
+_VNET_ONLY = ("magicnet", "ga_magicnet", "genericssl", "skcdf")
 
 #: ``schema`` field of metadata.json (the official URL; ``verify_metadata`` skips the download
 #: when ``--filepath`` already holds a file, so point it at :func:`schema_path` offline).
@@ -258,6 +259,19 @@ _METHOD_TEXT: dict[str, dict[str, Any]] = {
         "references": [
             "Wang H., Li X. Towards Generic Semi-Supervised Framework for Volumetric Medical Image "
             "Segmentation. NeurIPS 2023. https://arxiv.org/abs/2310.11320",
+        ],
+        "networks": 1,
+    },
+    "skcdf": {
+        "title": "SKCDF (semantic knowledge complementarity based decoupling framework)",
+        "summary": "one shared VNet encoder whose bottleneck goes through local and global channel-wise "
+        "cross-attention between the labeled and unlabeled halves of the batch, and two decoders: one learns "
+        "from the labels, the other from pseudo-labels and from the first one's parameter EMA; each decoder "
+        "has a balanced head trained on class-frequency Bernoulli masks; inference uses the second decoder",
+        "references": [
+            "Zhang Z., Yin G. et al. A Semantic Knowledge Complementarity based Decoupling Framework for "
+            "Semi-supervised Class-imbalanced Medical Image Segmentation. CVPR 2025, pp. 25940-25949 "
+            "(code: https://github.com/yinguanchun/SKCDF)",
         ],
         "networks": 1,
     },

@@ -178,6 +178,22 @@ INFERENCE: dict[str, InferenceFidelity] = {
         metrics="as DHC: Dice ×100, ASD (directed) in voxels; one side empty -> 0 / 128, both empty -> Dice 1, "
         "ASD 0 (`code/evaluate.py:50-64`)",
     ),
+    "skcdf": InferenceFidelity(
+        method="skcdf",
+        script="`yinguanchun/SKCDF@12f807d:SKCDF/code/test.py:26-78`",
+        patch=(128, 128, 64),
+        stride=(32, 32, 16),
+        stride_source="`SKCDF/code/test.py` (`--speed 0` -> `stride_xy` 32, `stride_z` 16; as DHC)",
+        fusion_source="`SKCDF/code/utils/__init__.py:127-200` `test_single_case` (softmax of "
+        "`model(patch, pred_type=\"unlabeled\")[0]`, `score_map / cnt`)",
+        ensemble="one network: encoder -> SKC in self mode -> D_u main head",
+        ensemble_source="`test_single_case` (alternatives commented out at `utils/__init__.py:181-185`)",
+        reference="dhc",
+        grid="160×160×80: the preprocessed label on the 80×160×160 (z, y, x) grid",
+        grid_source="`SKCDF/code/evaluate_Ntimes.py:66-132`",
+        metrics="as DHC: Dice ×100, ASD (directed) in voxels; one side empty -> 0 / 128, both empty -> Dice 1, "
+        "ASD 0 (`evaluate_Ntimes.py:66-132`)",
+    ),
 }
 
 

@@ -22,7 +22,10 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import nn
 
-__all__ = ["MethodOutput", "SemiSupervisedMethod", "LogitMean", "LabelHistogramInit", "call_loss", "check_num_classes", "plain_tensor"]
+__all__ = [
+    "MethodOutput", "SemiSupervisedMethod", "LogitMean", "LabelHistogramInit", "call_loss", "check_num_classes",
+    "class_labels", "plain_tensor",
+]  # fmt: skip
 
 
 class MethodOutput(NamedTuple):
@@ -69,6 +72,22 @@ def plain_tensor(x: Any) -> Any:
     training step); anything else (a plain tensor, ``None``) unchanged."""
     as_tensor = getattr(x, "as_tensor", None)
     return as_tensor() if callable(as_tensor) else x
+
+
+def class_labels(label: torch.Tensor, num_classes: int, owner: str, name: str = "label_l") -> torch.Tensor:
+    """``label`` detached as int64 (a float tensor holding integers is rounded), checked to lie in ``[0, C)``.
+
+    One device sync (a single ``aminmax``).
+
+    Raises:
+        ValueError: a value outside ``[0, num_classes)`` (the message names ``owner`` and ``name``).
+    """
+    label = label.detach()
+    label = label.round().long() if label.dtype.is_floating_point else label.long()
+    lo, hi = torch.stack(torch.aminmax(label)).tolist() if label.numel() else (0, 0)
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{owner}: {name} values must lie in [0, num_classes={num_classes}), got [{lo}, {hi}].")
+    return label
 
 
 class LogitMean(nn.Module):
@@ -163,6 +182,23 @@ class SemiSupervisedMethod(nn.Module):
         }
         for wrapper in self._ddp_wrappers.values():
             wrapper.train(self.training)
+        return self
+
+    def _wrap_passes_ddp(self, passes: nn.Module, **ddp_kwargs: Any) -> SemiSupervisedMethod:
+        """Wrap one module that runs all gradient-carrying passes of a step (its ``forward``) in DDP.
+
+        For methods whose step calls several network paths (GenericSSL, SKCDF): DDP synchronises
+        gradients only for computations run through its own ``forward``. The wrapper is the only
+        entry of the DDP wrappers (key ``"passes"``); the plain networks stay registered.
+
+        Returns:
+            self (chainable in a config expression).
+        """
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapper = DistributedDataParallel(passes, **ddp_kwargs)
+        wrapper.train(self.training)
+        self._ddp_wrappers = {"passes": wrapper}
         return self
 
     def train(self, mode: bool = True) -> SemiSupervisedMethod:

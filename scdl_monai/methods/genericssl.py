@@ -29,7 +29,7 @@ from torch import nn
 from scdl_monai.diffusion import GaussianDiffusion
 from scdl_monai.ema import ema_average_into
 from scdl_monai.losses.segmentation import DiceCELoss
-from scdl_monai.methods.base import MethodOutput, SemiSupervisedMethod, call_loss, plain_tensor
+from scdl_monai.methods.base import MethodOutput, SemiSupervisedMethod, call_loss, class_labels, plain_tensor
 from scdl_monai.methods.pseudo_label_fusion import KERNEL_SIZE, SIGMA, TAU, FusedPseudoLabels, fuse_pseudo_labels
 from scdl_monai.weighting import DiffDW
 
@@ -341,14 +341,7 @@ class GenericSSL(SemiSupervisedMethod):
             )
         image_l, label_l, image_u = plain_tensor(image_l), plain_tensor(label_l), plain_tensor(image_u)
         self.check_batches(image_l, label_l, image_u)
-        label_l = label_l.detach()
-        label_l = label_l.round().long() if label_l.dtype.is_floating_point else label_l.long()
-        lo, hi = torch.stack(torch.aminmax(label_l)).tolist() if label_l.numel() else (0, 0)  # one sync
-        if lo < 0 or hi >= self.num_classes:
-            raise ValueError(
-                f"GenericSSL: label_l values must lie in [0, num_classes={self.num_classes}), got [{lo}, {hi}]."
-            )
-        return image_l, label_l, image_u
+        return image_l, class_labels(label_l, self.num_classes, "GenericSSL"), image_u
 
     def compute_losses(
         self, image_l: torch.Tensor, label_l: torch.Tensor, image_u: torch.Tensor | None
@@ -410,13 +403,8 @@ class GenericSSL(SemiSupervisedMethod):
         Returns:
             self (chainable in a config expression).
         """
-        from torch.nn.parallel import DistributedDataParallel
-
         self._runner()  # follow a replaced network before wrapping
-        wrapper = DistributedDataParallel(self._passes, **ddp_kwargs)
-        wrapper.train(self.training)
-        self._ddp_wrappers = {"passes": wrapper}
-        return self
+        return self._wrap_passes_ddp(self._passes, **ddp_kwargs)
 
     def inference_network(self) -> nn.Module:
         """The DiffVNet itself: its ``forward`` is D_θ (image stem → shared encoder → D_θ)."""

@@ -1,6 +1,6 @@
 """Exact resume and determinism for every method, and resume after SIGKILL through the bundle CLI.
 
-For each method (supervised, CPS, DHC, GA-CPS, MagicNet, GenericSSL, SimiS, CLD, CPS+SCDL), composed from the
+For each method (supervised, CPS, DHC, GA-CPS, MagicNet, GenericSSL, SimiS, CLD, SKCDF, CPS+SCDL), composed from the
 bundle components and run with MONAI's ``ConfigWorkflow`` on CPU with shuffling and random crops on:
 
 * 2 epochs straight == resume from the straight run's epoch-1 checkpoint + 1 epoch: every tensor and
@@ -52,6 +52,7 @@ METHODS = {
     "genericssl": (("methods/genericssl",), {"class_weight_log_interval": 1, "val_interval": 100}),  # DDIM validation is slow
     "simis": (("methods/simis",), {"class_weight_log_interval": 1}),
     "cld": (("methods/cld",), {"method_def#confidence_interval": 1}),  # a confidence refresh every step
+    "skcdf": (("methods/skcdf",), {}),
     "cps_scdl": (("methods/cps", "scdl"), {"scdl_block#z_dim": 8, "scdl_block#num_proxy_samples": 3, "scdl_warmup_iters": 2}),
 }
 
