@@ -440,3 +440,18 @@ def test_resume_checkpoint(tmp_path):
     assert resume_checkpoint(tmp_path, True) == str(tmp_path / "checkpoint_epoch=1.pt")
     with pytest.raises(ValueError, match="resume` must be true or false, got 'sometimes'"):
         resume_checkpoint(tmp_path, "sometimes")
+
+
+def test_bundle_components_are_package_data():
+    """Every component file is matched by setup.cfg's package_data, so ``write`` works from a non-editable install."""
+    import configparser
+    from pathlib import PurePosixPath
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO_ROOT / "setup.cfg")
+    patterns = [p.strip() for p in cfg["options.package_data"]["scdl_monai"].split("\n") if p.strip()]
+    package = REPO_ROOT / "scdl_monai"
+    files = [p.relative_to(package).as_posix() for p in components_dir().rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert len(files) > 30 and components_dir() == package / "resources" / "bundle_components"
+    missed = [f for f in files if not any(PurePosixPath(f).match(p) and f.count("/") == p.count("/") for p in patterns)]
+    assert missed == [], f"add these to [options.package_data] in setup.cfg: {missed}"
