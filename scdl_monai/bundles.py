@@ -679,7 +679,7 @@ def build_metadata(method: str, dataset: str, backbone: str = DEFAULT_BACKBONE, 
     version = "0.2.0"
     description = f"{title[0].upper() + title[1:]} with a {backbone} backbone: {mt['summary']}"
     if scdl:
-        description += f". Variant configs/scdl.json (after any other config file): {_SCDL_TEXT['summary']}"
+        description += f". Variant with configs/scdl.json (the last config file), {_SCDL_TEXT['summary']}"
     kind = "Semi-supervised multi-organ" if method != "supervised" else "Multi-organ"
     variants = {"baseline": {"description": title, "config_files": ["configs/train.json"]}}
     if scdl:
