@@ -7,7 +7,8 @@ without and, for the semi-supervised ones, with ``configs/scdl.json`` (``VARIANT
   ``ckpt_export`` (TorchScript by tracing) of the exported network at a tiny size, compared with
   the eager network.
 * Every semi-supervised bundle x {baseline, SCDL} (and the supervised one) trains, evaluates and
-  infers end to end at smoke size, in a temporary copy of the bundle on synthetic NIfTI data; the
+  infers end to end at smoke size (here, or in its per-method test: ``COVERED_ELSEWHERE``), in a
+  temporary copy of the bundle on synthetic NIfTI data; the
   evaluate overlay and the inference config must agree voxel for voxel. Two of them also run
   ``inference.json`` on the exported TorchScript file instead of the checkpoint.
 """
@@ -28,9 +29,17 @@ from scdl_monai.precision import PolicyInferer, cpu_bf16_support
 from ..conftest import REPO_ROOT
 from .conftest import tiny
 
-#: (method, dataset, scdl) trained, evaluated and inferred here: every semi-supervised bundle with
-#: and without SCDL, and the supervised baseline on Synapse.
-SMOKE = (("supervised", "synapse", False),) + tuple(c for c in VARIANTS if c[0] != "supervised")
+#: Variants whose train / evaluate / inference run is a per-method test already (with its own checks).
+COVERED_ELSEWHERE = {
+    ("dhc", "synapse", False): "test_dhc_bundle.py",
+    ("ga_cps", "synapse", False): "test_ga_cps_bundle.py",
+    ("magicnet", "synapse", False): "test_magicnet_bundle.py",
+    ("genericssl", "synapse", False): "test_genericssl_bundle.py",
+    ("cps", "synapse", True): "test_scdl_bundle.py",
+}
+#: (method, dataset, scdl) trained, evaluated and inferred here: with COVERED_ELSEWHERE, every
+#: semi-supervised bundle with and without SCDL, and the supervised baseline on Synapse.
+SMOKE = (("supervised", "synapse", False),) + tuple(c for c in VARIANTS if c[0] != "supervised" and c not in COVERED_ELSEWHERE)
 #: variants whose exported TorchScript also runs through inference.json (baseline and SCDL)
 TORCHSCRIPT_RUNS = (("supervised", "synapse", False), ("cps", "amos", True))
 TWO_NETWORKS = ("cps", "dhc", "ga_cps")
@@ -232,3 +241,13 @@ def test_precision_keys_switch_training_and_inference_to_the_fast_path(phantom, 
     assert seen and set(seen) == {dtype}
     out = nib.load(str(next((tmp_path / "infer").glob("*_seg.nii.gz"))))
     assert out.shape == nib.load(image).shape
+
+
+def test_every_semi_supervised_variant_is_smoke_tested():
+    """Together, SMOKE and the per-method tests run train / evaluate / inference for every SSL bundle x {baseline, SCDL}."""
+    ssl = {c for c in VARIANTS if c[0] != "supervised"}
+    assert ssl <= set(SMOKE) | set(COVERED_ELSEWHERE) and not set(SMOKE) & set(COVERED_ELSEWHERE)
+    assert len(ssl) == 24
+    for case, test_file in COVERED_ELSEWHERE.items():
+        text = (REPO_ROOT / "tests" / "bundles" / test_file).read_text()
+        assert "evaluate" in text and ("infer" in text or "inference" in text), (case, test_file)
