@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "check_number", "look_up", "run_fire"]
+__all__ = ["as_flag", "atomic_write", "check_number", "look_up", "run_fire"]
 
 
 def atomic_write(
@@ -92,6 +92,29 @@ def check_number(
     if isinstance(value, bool) or not isinstance(value, kinds) or not (value > minimum if strict else value >= minimum):
         raise ValueError(f"{_owner_prefix(owner)}`{name}` must be {_bound(integer, minimum, strict)}, got {value!r}.")
     return value if integer else float(value)
+
+
+def as_flag(value: Any, name: str, owner: str | None = None) -> bool:
+    """A bool, or its command-line spelling: ``"true"``/``"false"``, ``"yes"``/``"no"``, ``"1"``/``"0"``, ``"on"``/``"off"``.
+
+    ``python -m monai.bundle run --channels_last true`` passes the string ``"true"`` (fire parses
+    only Python literals such as ``True``); typed config components accept both through this.
+
+    Raises:
+        ValueError: anything else (naming ``name`` and the value).
+
+    Example:
+        >>> as_flag("False", "resume"), as_flag(True, "resume")
+        (False, True)
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise ValueError(f"{_owner_prefix(owner)}`{name}` must be true or false, got {value!r}.")
 
 
 def look_up(

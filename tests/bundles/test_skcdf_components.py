@@ -1,4 +1,4 @@
-"""Smoke tests of the SKCDF components (bundles/_components/methods/skcdf, "dhc" protocol).
+"""Smoke tests of the SKCDF components (scdl_monai/resources/bundle_components/methods/skcdf, "dhc" protocol).
 
 No SKCDF bundle folder ships yet (it comes with the bundle redesign); the configs are composed with
 :func:`scdl_monai.bundles.compose_config`'s files and run with MONAI's ``ConfigWorkflow`` on CPU with a
