@@ -219,8 +219,9 @@ def test_method_and_scdl_composition_order():
     assert export_network_id(True) in scdl and export_network_id(False) in scdl
     # the base configs are untouched by the plug-in: same baseline keys with and without SCDL
     base = compose_config("train", "dhc", "amos")
-    # the wrapped method; the SCDL param group added to the optimizer; the networks built around their backbones
-    changed = ("method", "lr_scheduler", "network", "network_b_def")
+    # the wrapped method; the SCDL param group added to the optimizer; the networks built around their backbones;
+    # the SCDL keys a trained bundle records in its inference config
+    changed = ("method", "lr_scheduler", "network", "network_b_def", "trained_config_writer")
     with_scdl = compose_config("train", "dhc", "amos", scdl=True)
     assert {k: v for k, v in with_scdl.items() if k in base and k not in changed} == {k: v for k, v in base.items() if k not in changed}
     assert with_scdl["network_b_def"]["backbone"] == base["network_b_def"] == "%network_def"
