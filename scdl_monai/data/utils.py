@@ -228,11 +228,12 @@ def user_error_message(error: BaseException) -> str | None:
     if unknown is not None:
         if component is None:
             return str(unknown)
-        source = config.get(unknown.argument) if isinstance(config, Mapping) else None
-        key = source[1:] if _is_reference(source) else f"{component}#{unknown.argument}"
-        return unknown.for_key(key.replace("::", "#"))
-    target = str(config.get("_target_")) if isinstance(config, Mapping) else str(missing).split("'")[1]
-    where = f"{component.replace('::', '#')}#_target_=" if component is not None else ""
+        if unknown.argument not in config:  # refused deeper down, e.g. inside a network the component builds
+            return f"{component}: {unknown}"
+        source = config[unknown.argument]
+        return unknown.for_key(source[1:].replace("::", "#") if _is_reference(source) else f"{component}#{unknown.argument}")
+    target = str(config.get("_target_")) if component is not None else str(missing).partition(": ")[2].strip("'.")
+    where = f"{component}#_target_=" if component is not None else ""
     return f"{where}{target!r} cannot be found: {did_you_mean(target, _public_names(target))}"
 
 
@@ -240,15 +241,18 @@ def _is_reference(value: Any) -> bool:
     return isinstance(value, str) and value.startswith("@") and value[1:].replace("#", "").replace(":", "").isidentifier()
 
 
-def _failed_component(chain: list[BaseException]) -> tuple[str | None, Any]:
-    """The id and (unresolved) config of the innermost bundle component being resolved in ``chain``."""
-    found: tuple[str | None, Any] = (None, None)
+def _failed_component(chain: list[BaseException]) -> tuple[str | None, Mapping]:
+    """The id (``#``-separated) and unresolved config of the config item MONAI was resolving when
+    the error arose, if that item is a component (``_target_``); ``(None, {})`` otherwise."""
+    innermost: tuple[Any, Any, Any] = (None, None, None)
     for error in chain:
         for frame, _ in traceback.walk_tb(error.__traceback__):
-            item = frame.f_locals.get("item") if frame.f_code.co_name == "_resolve_one_item" else None
-            if type(item).__name__ == "ConfigComponent" and isinstance(frame.f_locals.get("id"), str):
-                found = (frame.f_locals["id"], frame.f_locals.get("item_config"))
-    return found
+            if frame.f_code.co_name == "_resolve_one_item" and "item" in frame.f_locals:
+                innermost = (frame.f_locals.get("id"), frame.f_locals["item"], frame.f_locals.get("item_config"))
+    key, item, config = innermost
+    if type(item).__name__ != "ConfigComponent" or not isinstance(key, str) or not isinstance(config, Mapping):
+        return None, {}
+    return key.replace("::", "#"), config
 
 
 def _public_names(target: str) -> list[str]:

@@ -151,6 +151,12 @@ def test_unknown_name_error_is_a_value_error_naming_argument_value_and_choices()
         # an argument that refers to a top-level key: that key, which is the one users edit
         ({"protocol": "dhcc", "net": {"_target_": "scdl_monai.data.transforms.protocol_transforms", "protocol": "@protocol", "stage": "train"}},
          "protocol='dhcc' is not valid: did you mean 'dhc'? available: dhc, ga, native"),
+        # refused by the network the factory builds, for an argument of the component
+        ({"net": {"_target_": "scdl_monai.networks.backbones.build_backbone", "name": "vnet", "norm": "batchh"}},
+         "net#norm='batchh' is not valid: did you mean 'batch'? available: batch, instance, group, none"),
+        # inside an expression: the library's message, which names the argument
+        ({"imports": ["$from scdl_monai.data.transforms import protocol_transforms"], "net": "$protocol_transforms('dhcc', 'train')"},
+         "invalid `protocol`='dhcc'. did you mean 'dhc'? available: dhc, ga, native"),
         # a mistyped _target_
         ({"net": {"_target_": "scdl_monai.networks.backbones.build_backbon", "name": "vnet"}},
          "net#_target_='scdl_monai.networks.backbones.build_backbon' cannot be found: did you mean "
