@@ -22,7 +22,8 @@ trained by this package already holds its training values (the training run writ
 ``configs/inference.json``), so overrides are for bundles edited or trained elsewhere. When the
 weights do not fit the network the config builds, the error names the keys that differ and the
 values that fit, read from the checkpoint's tensor shapes (``n_filters``, ``num_classes``,
-``network_def#in_channels``).
+``network_def#in_channels``) and, when the tensor names differ, by trying the other backbones
+(``network_def#name``).
 
 Why: orientation and inversion at inference are a recurring complaint of bundle users
 (``Project-MONAI/model-zoo#766`` and ``#181``), so the round trip is tested on LPS NIfTI and DICOM inputs
@@ -133,42 +134,59 @@ def _shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
     return {str(k): tuple(v.shape) for k, v in state.items()}
 
 
-def _fitting_overrides(raw_config: dict, network: Any, weights: Path) -> str | None:
-    """A one-line problem naming the keys whose values would make ``network`` fit ``weights``.
+def _network_shapes(raw_config: dict, overrides: Mapping[str, Any]) -> dict[str, tuple[int, ...]] | None:
+    """Tensor shapes of the network the config builds with ``overrides`` (on the CPU); None if it fails."""
+    from monai.bundle import ConfigParser
 
-    Candidate values come from the tensor shapes (:func:`scdl_monai.preflight.shape_hyperparameters`);
-    they are reported only when the network rebuilt from the config with them loads every tensor
-    (a backbone or architecture change is not guessed). None when nothing fits or nothing differs.
+    parser = ConfigParser(copy.deepcopy(raw_config))
+    parser.update({**overrides, "device": "$torch.device('cpu')"})
+    try:
+        return {k: tuple(v.shape) for k, v in parser.get_parsed_content("network").state_dict().items()}
+    except Exception:  # these values do not build a network: not a candidate
+        return None
+
+
+def _fitting_overrides(raw_config: dict, network: Any, weights: Path) -> str | None:
+    """A one-line problem naming the config values under which the bundle's network fits ``weights``.
+
+    ``n_filters``, ``num_classes`` and ``network_def#in_channels`` are read from the tensor shapes
+    (:func:`scdl_monai.preflight.shape_hyperparameters`); when the tensor names differ, the other
+    backbones of ``network_def#name`` are tried as well. A suggestion is made only when the network
+    rebuilt with it has exactly the checkpoint's tensors. None when nothing fits.
     """
     from monai.bundle import ConfigParser
 
+    from scdl_monai.networks.backbones import BACKBONES
     from scdl_monai.preflight import shape_hyperparameters
 
     have = _shapes(weights)
     if have is None:
         return None
     parser = ConfigParser(copy.deepcopy(raw_config))
-    current = {}
-    for key in SHAPE_KEYS:
-        if key in parser:
-            value = parser.get_parsed_content(key)
-            if isinstance(value, int) and not isinstance(value, bool):
-                current[key] = value
-    want = {k: tuple(v.shape) for k, v in network.state_dict().items()}
-    found = {k: v for k, v in shape_hyperparameters(have, want, current).items() if v != current.get(k)}
-    if not found:
+    current = {key: parser.get_parsed_content(key) for key in (*SHAPE_KEYS, "network_def#name") if key in parser}
+    sizes = {k: v for k, v in current.items() if k in SHAPE_KEYS and isinstance(v, int) and not isinstance(v, bool)}
+
+    def fit(extra: dict[str, Any], shapes: dict[str, tuple[int, ...]] | None) -> dict[str, Any] | None:
+        if shapes is None:
+            return None
+        found = {k: v for k, v in shape_hyperparameters(have, shapes, sizes).items() if v != sizes.get(k)}
+        candidate = {**extra, **found}
+        if candidate and (shapes if not found else _network_shapes(raw_config, candidate)) == have:
+            return candidate
         return None
-    rebuilt = ConfigParser(copy.deepcopy(raw_config))
-    rebuilt.update({**found, "device": "$torch.device('cpu')"})
-    try:
-        fitted = {k: tuple(v.shape) for k, v in rebuilt.get_parsed_content("network").state_dict().items()}
-    except Exception:  # the candidate values do not build a network: no suggestion
+
+    fitting = fit({}, {k: tuple(v.shape) for k, v in network.state_dict().items()})
+    name = current.get("network_def#name")
+    for other in BACKBONES if fitting is None and isinstance(name, str) else ():
+        if other != name.lower():
+            fitting = fit({"network_def#name": other}, _network_shapes(raw_config, {"network_def#name": other}))
+            if fitting is not None:
+                break
+    if fitting is None:
         return None
-    if fitted != have:
-        return None
-    trained = ", ".join(f"{k}={v}" for k, v in found.items())
-    config = ", ".join(f"{k}={current[k]}" for k in found)
-    flags = " ".join(f"--override {k}={v}" for k, v in found.items())
+    trained = ", ".join(f"{k}={v}" for k, v in fitting.items())
+    config = ", ".join(f"{k}={current.get(k)}" for k in fitting)
+    flags = " ".join(f"--override {k}={v}" for k, v in fitting.items())
     return f"ckpt={str(weights)!r} was trained with {trained} but the config has {config}: pass {flags}"
 
 

@@ -123,7 +123,7 @@ def test_parse_overrides_reads_json_else_strings():
 
 
 def test_mismatch_names_the_fitting_values_and_overrides_fix_it(tmp_path, capsys):
-    """Weights of a 4-filter, 3-class VNet pair; the config on disk says 32 filters and 14 classes."""
+    """Weights of a 4-filter, 3-class VNet pair (then of a UNet pair); the config on disk says a VNet, 32 filters, 14 classes."""
     root = write_bundle("cps", "synapse", tmp_path / "cps", protocol="native")
     parser = ConfigParser()
     parser.read_config(str(root / "configs" / "inference.json"))
@@ -135,9 +135,18 @@ def test_mismatch_names_the_fitting_values_and_overrides_fix_it(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (f"error: cannot start the inference: ckpt='{root / 'models' / 'model.pt'}' was trained with n_filters=4, "
                    "num_classes=3 but the config has n_filters=32, num_classes=14: pass --override n_filters=4 --override num_classes=3")  # fmt: skip
+    # another backbone: the tensor names differ, the other backbones are tried
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser.update({**SMALL, "network_def#name": "unet"})
+    torch.save(parser.get_parsed_content("inference_network_def").state_dict(), root / "models" / "model.pt")
+    assert main(args) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "was trained with network_def#name=unet, n_filters=4 but the config has network_def#name=vnet, n_filters=32: "
+        "pass --override network_def#name=unet --override n_filters=4")  # fmt: skip
     assert main([*args, "--override", "n_filtres=4"]) == 1
     assert capsys.readouterr().err.strip().endswith("has no such key; did you mean 'n_filters'?")
-    assert main([*args, "--override", "n_filters=4", "--override=num_classes=3", "--override", "patch_size=[32,32,32]"]) == 0
+    assert main([*args, "--override", "n_filters=4", "--override=network_def#name=unet", "--override", "patch_size=[32,32,32]"]) == 0
     assert nib.load(str(tmp_path / "o.nii.gz")).shape == (20, 20, 8)
 
 
