@@ -99,6 +99,7 @@ __all__ = [
     "export_network_id",
     "build_metadata",
     "write_bundle",
+    "bake_overlay",
     "write_all",
     "compare_bundle_dirs",
     "latest_checkpoint",
@@ -1183,6 +1184,29 @@ def write_bundle(
     for rel, text in texts.items():
         atomic_write(out / rel, lambda tmp: tmp.write_text(text), mode=0o644)
     return out
+
+
+def bake_overlay(bundle: str | Path, overlay: str = "scdl.json", kinds: Sequence[str] = ("train", "inference")) -> Path:
+    """Merge ``configs/<overlay>`` into the bundle's ``configs/<kind>.json`` and remove the overlay file.
+
+    A variant chosen for training becomes part of the bundle: after baking ``scdl.json``, the plain
+    ``configs/train.json`` trains the SCDL variant and the plain ``configs/inference.json`` rebuilds
+    the network that ``models/model.pt`` holds, so a trained bundle runs as it is (no overlay to
+    remember). The merge is MONAI's multi-file rule (a later key replaces, ``+key`` extends or
+    updates); ``evaluate.json`` and ``multi_gpu_train.json`` stay overlays on the baked ``train.json``.
+
+    Raises:
+        FileNotFoundError: the bundle has no ``configs/<overlay>``.
+    """
+    configs = Path(bundle) / "configs"
+    extra = configs / overlay
+    if not extra.is_file():
+        raise FileNotFoundError(f"{extra}: no such overlay in bundle {bundle}")
+    for kind in kinds:
+        merged = _merge_overlays([configs / f"{kind}.json", extra])
+        atomic_write(configs / f"{kind}.json", lambda tmp, m=merged: tmp.write_text(_dumps(m) + "\n"), mode=0o644)
+    extra.unlink()
+    return Path(bundle)
 
 
 def write_all(out: str | Path, root: str | Path | None = None) -> list[Path]:

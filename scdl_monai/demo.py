@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from scdl_monai.data.utils import run_fire
+from scdl_monai.data.utils import as_flag, run_fire
 
 __all__ = ["DEMO_CASES", "default_samples_dir", "prepare_data", "run_demo", "save_overlay", "main"]
 
@@ -79,6 +79,8 @@ DEMO_CASES: dict[str, Any] = {
 }
 
 #: Bundle overrides of the demo (see the module docstring for why each differs from the bundle).
+#: The baseline the demo trains with SCDL (``configs/scdl.json``).
+DEMO_METHOD = "cps"
 DEMO_OVERRIDES: dict[str, Any] = {
     "pixdim": [3.0, 3.0, 3.0],
     "patch_size": [64, 64, 32],
@@ -189,6 +191,8 @@ def run_demo(
     overrides: dict[str, Any] | None = None,
     verbose: bool = True,
     threads: int = 1,
+    method: str = DEMO_METHOD,
+    scdl: bool = True,
 ) -> dict[str, Path]:
     """Run the whole demo; returns the output paths (``summary``, ``cases``, ``prediction``, ``overlay``, ``bundle``).
 
@@ -201,11 +205,14 @@ def run_demo(
         overrides: extra bundle overrides (id -> value).
         verbose: print progress and the metrics table.
         threads: torch intra-op threads (1 is fastest when other processes share the cores).
+        method: the semi-supervised baseline bundle to train (``<method>_synapse``, native protocol).
+        scdl: train the bundle with its ``configs/scdl.json`` (baked into the trained bundle, so the
+            plain inference command rebuilds the SCDL network).
     """
     import torch
     from monai.bundle import ConfigWorkflow
 
-    from scdl_monai.bundles import write_bundle
+    from scdl_monai.bundles import bake_overlay, write_bundle
     from scdl_monai.evaluation.metrics import evaluate_folder
     from scdl_monai.inference import predict
 
@@ -220,7 +227,10 @@ def run_demo(
     for sub in ("bundle", "prediction", "metrics", "labels"):
         shutil.rmtree(out / sub, ignore_errors=True)
     datalist = prepare_data(samples, out / "data")
-    bundle = write_bundle("cps", "synapse", out / "bundle", protocol="native")  # clinical units, mm metrics
+    bundle = write_bundle(method, "synapse", out / "bundle", protocol="native")  # clinical units, mm metrics
+    if scdl:
+        bake_overlay(bundle, "scdl.json")  # the trained bundle IS the SCDL variant: no overlay to remember
+    label = f"{method}{' + SCDL' if scdl else ''}"
     params = {
         **DEMO_OVERRIDES,
         "bundle_root": str(bundle),
@@ -231,7 +241,7 @@ def run_demo(
         "train#trainer#max_epochs": int(epochs),
         **(overrides or {}),
     }
-    say("scdl_monai demo: CPS (two VNets) on the real TotalSegmentator CT samples")
+    say(f"scdl_monai demo: {label} on the real TotalSegmentator CT samples")
     say("  labeled   : case A abdomen CT + TotalSegmentator-fast labels (Synapse-13)")
     say("  unlabeled : CTA crop + chest CT crop (other patients, no labels)")
     say("  evaluation: case A top 30 slices + TotalSegmentator-normal labels -- SAME patient as training,")
@@ -261,8 +271,7 @@ def run_demo(
         out / "prediction" / f"{case_id}_seg.nii.gz",
         device="cpu",
         progress=verbose,
-        overrides={k: params[k] for k in ("pixdim", "patch_size", "n_filters", "sw_batch_size")},
-    )[0]
+    )[0]  # no overrides: the training run recorded its settings in the bundle's inference config
     labels = out / "labels"
     labels.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(samples / eval_case["label"], labels / f"{case_id}.nii.gz")
@@ -281,10 +290,22 @@ def run_demo(
         print(f"demo finished in {time.time() - start:.0f} s. Outputs:")
         for key, value in paths.items():
             print(f"  {key:<10} {value}")
+        print("Segment your own CT (NIfTI file or DICOM folder) with the trained bundle, as it is:")
+        print(f"  python -m scdl_monai.inference --input <your CT> --bundle {bundle} --output seg.nii.gz")
+        print(f"  python -m monai.bundle run --config_file {bundle}/configs/inference.json --bundle_root {bundle} "
+              "--dataset_dir <folder of NIfTI CTs> --output_dir <folder>")
     return paths
 
 
-def _cli(out: str = "outputs/demo", epochs: int = 80, val_interval: int = 20, seed: int = 0, threads: int = 1) -> None:
+def _cli(
+    out: str = "outputs/demo",
+    epochs: int = 80,
+    val_interval: int = 20,
+    seed: int = 0,
+    threads: int = 1,
+    method: str = DEMO_METHOD,
+    scdl: bool = True,
+) -> None:
     """Train CPS on the shipped CT samples, evaluate, write metrics CSV, prediction NIfTI and PNG overlay.
 
     Args:
@@ -294,7 +315,7 @@ def _cli(out: str = "outputs/demo", epochs: int = 80, val_interval: int = 20, se
         seed: random seed.
         threads: torch intra-op threads.
     """
-    run_demo(out, epochs, val_interval, seed=seed, threads=threads)
+    run_demo(out, epochs, val_interval, seed=seed, threads=threads, method=method, scdl=as_flag(scdl, "scdl"))
 
 
 def main(argv: list[str] | None = None) -> int:

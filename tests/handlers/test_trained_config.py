@@ -17,7 +17,7 @@ from ..conftest import REPO_ROOT
 #: trained model: paths, devices, workers, speed knobs, labels, and dropout (off at inference).
 NOT_RECORDED = {
     "bundle_root", "dataset_dir", "num_workers", "sw_batch_size", "channels_last", "amp", "precision",
-    "protocol", "protocol_note", "method_name", "dataset_name", "dropout", "finalize",
+    "protocol", "protocol_note", "method_name", "dataset_name", "dropout", "finalize", "seed",
 }  # fmt: skip
 
 
