@@ -1,6 +1,8 @@
-"""Demo: semi-supervised CPS on the real CT samples shipped in the repository, end to end.
+"""Demo: semi-supervised DHC + SCDL on the real CT samples shipped in the repository, end to end.
 
-``python -m scdl_monai.demo`` (README command 1) writes the CPS bundle with the native protocol
+``python -m scdl_monai.demo`` (README command 1) writes the DHC bundle with the native protocol,
+bakes its ``configs/scdl.json`` into it (:func:`scdl_monai.bundles.bake_overlay`; ``--scdl false``
+keeps the baseline, ``--method`` picks another baseline)
 (``write_bundle("cps", "synapse", protocol="native")``: clinical units), trains it
 through ``monai.bundle`` (``ConfigWorkflow`` on the bundle's own ``configs/train.json``, with
 small overrides so it finishes in a few minutes on 2 CPU cores), segments the evaluation CT with
@@ -43,6 +45,10 @@ two labeled crops + one unlabeled crop per iteration, 80 epochs (160 iterations)
 0.1 (the bundle's 0.03 belongs to its 300-epoch schedule; on this short run 0.03 left every organ at
 Dice 0 while 0.1 learns the liver), one torch thread. Expect low Dice on small
 organs: a handful of CPU minutes on one patient is a smoke test, not a trained model.
+
+Why DHC + SCDL: of the combinations tried with these settings (80 epochs, 2 CPU cores), DHC + SCDL
+segmented the liver (Dice 75.2 on the evaluation slices, 316 s), while CPS + SCDL and CPS alone
+segmented no organ (Dice 0 everywhere). No combination segmented a second organ in this budget.
 """
 
 from __future__ import annotations
@@ -80,7 +86,7 @@ DEMO_CASES: dict[str, Any] = {
 
 #: Bundle overrides of the demo (see the module docstring for why each differs from the bundle).
 #: The baseline the demo trains with SCDL (``configs/scdl.json``).
-DEMO_METHOD = "cps"
+DEMO_METHOD = "dhc"
 DEMO_OVERRIDES: dict[str, Any] = {
     "pixdim": [3.0, 3.0, 3.0],
     "patch_size": [64, 64, 32],
@@ -142,7 +148,9 @@ def _radiological(slice_xy: np.ndarray) -> np.ndarray:
     return np.flipud(slice_xy.T)[:, ::-1]
 
 
-def save_overlay(image: str | Path, label: str | Path, pred: str | Path, path: str | Path, class_names=None) -> Path:
+def save_overlay(
+    image: str | Path, label: str | Path, pred: str | Path, path: str | Path, class_names=None, model: str = "model"
+) -> Path:
     """PNG of the axial slice with the most reference foreground: CT, reference, prediction.
 
     Returns:
@@ -162,7 +170,7 @@ def save_overlay(image: str | Path, label: str | Path, pred: str | Path, path: s
     n = int(max(ref.max(), prd.max(), 1))
     cmap = plt.get_cmap("tab20", max(n + 1, 2))
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
-    for ax, (title, lab) in zip(axes, (("CT", None), ("reference (TotalSegmentator normal)", ref), ("CPS prediction", prd))):
+    for ax, (title, lab) in zip(axes, (("CT", None), ("reference (TotalSegmentator normal)", ref), (f"{model} prediction", prd))):
         # arrays are (x, y) in RAS voxel order (x toward the patient's right): show the radiological
         # view, anterior up and the patient's right on the image's left
         ax.imshow(_radiological(window), cmap="gray")
@@ -276,7 +284,9 @@ def run_demo(
     labels.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(samples / eval_case["label"], labels / f"{case_id}.nii.gz")
     result = evaluate_folder(out / "prediction", labels, dataset="synapse", out_dir=out / "metrics", plot=True)
-    overlay = save_overlay(samples / eval_case["image"], labels / f"{case_id}.nii.gz", prediction, out / "overlay.png")
+    overlay = save_overlay(
+        samples / eval_case["image"], labels / f"{case_id}.nii.gz", prediction, out / "overlay.png", model=label
+    )
 
     paths = {
         "summary": result.paths["summary"],
@@ -306,7 +316,7 @@ def _cli(
     method: str = DEMO_METHOD,
     scdl: bool = True,
 ) -> None:
-    """Train CPS on the shipped CT samples, evaluate, write metrics CSV, prediction NIfTI and PNG overlay.
+    """Train a baseline + SCDL (default DHC + SCDL) on the shipped CT samples, evaluate, write metrics CSV, prediction NIfTI and PNG overlay.
 
     Args:
         out: output folder.
