@@ -1,6 +1,31 @@
-"""Compose bundle configs from overlays and write self-contained MONAI bundle directories.
+"""MONAI bundles of every method: the shipped layout and the maintainer tool that writes it.
 
-The single source of truth is ``bundles/_components/`` (docs/bundles.md):
+A bundle ``bundles/<method>_<dataset>`` is plain, hand-editable MONAI bundle JSON
+(docs/bundles.md)::
+
+    configs/train.json            the baseline, complete (sections initialize / run / finalize)
+    configs/evaluate.json         overlay after train.json: CheckpointLoader + metrics and predictions
+    configs/inference.json        standalone inference, complete
+    configs/multi_gpu_train.json  overlay after train.json: DDP, DistributedSampler, rank-0 handlers
+    configs/scdl.json             SSL methods: the SCDL plug-in, one overlay for all of the above
+    configs/<extra>.json          method overlays (e.g. DHC's Table 3 ablations, ``cps_native``)
+    configs/metadata.json, configs/logging.conf, docs/README.md, docs/data_license.txt, LICENSE
+
+Overlays are added to the ``--config_file`` list and compose without clobbering each other::
+
+    python -m monai.bundle run --config_file "['configs/train.json','configs/scdl.json']"
+    python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json','configs/scdl.json']"
+    python -m monai.bundle run --config_file "['configs/inference.json','configs/scdl.json']"
+
+The baseline defines the method once; ``scdl.json`` wraps it by reference (``network_a_def`` /
+``network_b_def`` around ``@network_def``, ``scdl_method_def`` around ``@method_def``, ``optimizer``
+around ``@optimizer_def``), and ``multi_gpu_train.json`` touches only the samplers, the device and
+``train#trainer#method`` (DDP). Every ``_target_`` is a dotted path into ``scdl_monai``, MONAI or
+torch, so a bundle folder runs from any directory with an installed ``scdl_monai``.
+
+**Maintainer tool.** The shipped folders are generated from the bundle components, package data
+of ``scdl_monai`` (``scdl_monai/resources/bundle_components``, :func:`components_dir`) — the single
+source of truth of what is common to every bundle:
 
 * ``train.json`` / ``inference.json`` — complete base configs (native protocol, docs/data.md);
 * ``evaluate.json`` / ``multi_gpu_train.json`` — overlays applied on top of ``train.json``;
@@ -12,42 +37,33 @@ The single source of truth is ``bundles/_components/`` (docs/bundles.md):
   bundle README) and optional extra overlays (e.g. DHC's Table 3 ablations) copied into the
   bundle's ``configs/``; a method listed in :data:`METHOD_BASES` is composed on top of its base
   method's files (GA-MagicNet = MagicNet + ``methods/ga_magicnet``);
-* ``scdl/{train,inference,multi_gpu_train}.json`` + ``README.md`` — the SCDL plug-in, one overlay on
-  any baseline (``scdl=True``);
+* ``scdl/scdl.json`` (+ ``scdl/network_b.json`` for two-network methods) and ``README.md`` — the
+  SCDL plug-in;
 * ``logging.conf`` and ``LICENSE``.
 
 A bundle's ``configs/train.json`` is ``train.json + datasets/D + backbones/B [+ protocols/P] +
-methods/M/train.json [+ scdl/train.json]`` merged with MONAI's own rule
-(``ConfigParser.load_config_files``: a later file's key replaces, ``+key`` extends/updates,
-``a#b`` keys reach into nested sections); ``inference.json`` likewise; ``evaluate.json`` and
-``multi_gpu_train.json`` stay overlays (used as ``--config_file
-"['configs/train.json','configs/evaluate.json']"``). The component files are themselves valid
-overlays, so the same result is obtained on the command line from the repository root::
-
-    python -m monai.bundle run --config_file "['bundles/_components/train.json',
-        'bundles/_components/datasets/synapse.json', 'bundles/_components/backbones/vnet.json',
-        'bundles/_components/methods/cps/train.json']" --meta_file bundles/cps_synapse/configs/metadata.json
-
-Each method has a default preprocessing protocol (:data:`METHOD_PROTOCOLS`, the one its reference
-used); a bundle's folder is ``<method>[_scdl]_<dataset>`` with ``_<backbone>`` / ``_<protocol>``
-appended only when they differ from the defaults.
-
-A written bundle references only ``monai``/``torch`` and the installed ``scdl_monai`` package by
-full dotted paths (no ``scripts`` folder, no PYTHONPATH), so it runs from any directory given
-``--bundle_root``.
+methods/M/train.json`` merged with MONAI's own rule (``ConfigParser.load_config_files``: a later
+file's key replaces, ``+key`` extends/updates, ``a#b`` keys reach into nested sections);
+``inference.json`` likewise. Each method has a default preprocessing protocol
+(:data:`METHOD_PROTOCOLS`, the one its reference used); ``write`` names a folder
+``<method>_<dataset>`` with ``_<backbone>`` / ``_<protocol>`` appended only when they differ from
+the defaults. A test keeps the shipped folders equal to the generator's output; users edit their
+bundle copies directly and need neither the components nor this module at run time.
 
 Command line::
 
-    python -m scdl_monai.bundles write --method dhc --dataset synapse --out DIR [--scdl true] [--backbone unet] [--protocol native]
-    python -m scdl_monai.bundles write-all [--out bundles]
-    python -m scdl_monai.bundles check [--root bundles]     # committed bundles == regenerated
+    python -m scdl_monai.bundles write --method dhc --dataset synapse --out DIR [--backbone unet] [--protocol native]
+    python -m scdl_monai.bundles write-all [--out bundles]    # maintainers: regenerate bundles/
+    python -m scdl_monai.bundles check [--root bundles]        # shipped bundles == regenerated
 """
 
 from __future__ import annotations
 
+import copy
 import filecmp
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -56,7 +72,7 @@ from typing import Any
 
 import scdl_monai
 from scdl_monai.data.datasets import get_dataset
-from scdl_monai.data.utils import atomic_write, run_fire
+from scdl_monai.data.utils import as_flag, atomic_write, run_fire
 
 __all__ = [
     "METHODS",
@@ -70,10 +86,12 @@ __all__ = [
     "SCDL_METHODS",
     "SHIPPED",
     "UNSHIPPED_METHODS",
+    "VARIANTS",
     "SCHEMA_URL",
     "components_dir",
     "schema_path",
     "default_protocol",
+    "scdl_available",
     "bundle_name",
     "component_files",
     "extra_overlays",
@@ -81,23 +99,27 @@ __all__ = [
     "export_network_id",
     "build_metadata",
     "write_bundle",
+    "bake_overlay",
     "write_all",
     "compare_bundle_dirs",
     "latest_checkpoint",
+    "resume_checkpoint",
     "main",
 ]
 
-#: Methods with overlays under ``bundles/_components/methods/``.
+#: Methods with overlays under ``methods/`` of the components.
 METHODS: tuple[str, ...] = (
     "supervised", "cps", "dhc", "ga_cps", "magicnet", "ga_magicnet", "genericssl", "simis", "cld", "skcdf",
 )  # fmt: skip
-#: Datasets with overlays under ``bundles/_components/datasets/``.
+#: Methods with components but no committed bundle yet (their bundles follow in this layout).
+UNSHIPPED_METHODS: tuple[str, ...] = ("simis", "cld", "skcdf")
+#: Datasets with overlays under ``datasets/`` of the components.
 DATASETS: tuple[str, ...] = ("synapse", "amos")
-#: Backbones with overlays under ``bundles/_components/backbones/``.
+#: Backbones with overlays under ``backbones/`` of the components.
 BACKBONES: tuple[str, ...] = ("vnet", "unet", "segresnet")
 DEFAULT_BACKBONE = "vnet"
 #: Preprocessing protocols (docs/data.md): "native" is in the base configs, the others are
-#: overlays under ``bundles/_components/protocols/<protocol>/``.
+#: overlays under ``protocols/<protocol>/`` of the components.
 PROTOCOLS: tuple[str, ...] = ("native", "dhc", "ga")
 #: The protocol of the base configs (no protocol overlay).
 DEFAULT_PROTOCOL = "native"
@@ -121,17 +143,22 @@ METHOD_PROTOCOLS: dict[str, str] = {
 }
 #: Methods composed on top of another method's overlays (``methods/<base>/<kind>.json`` first).
 METHOD_BASES: dict[str, str] = {"ga_magicnet": "magicnet"}
-#: Baselines whose SCDL variant ships (the paper's four, SCDL paper Table 1, plus CPS).
-SCDL_METHODS: tuple[str, ...] = ("cps", "dhc", "ga_cps", "ga_magicnet", "genericssl")
-#: The bundles generated into ``bundles/`` and committed: ``(method, dataset, scdl)``, every method
-#: on both datasets, then the SCDL variants.
-#: Methods with components but no committed bundle yet: simis, cld and skcdf get theirs with the bundle redesign.
-UNSHIPPED_METHODS: tuple[str, ...] = ("simis", "cld", "skcdf")
-SHIPPED: tuple[tuple[str, str, bool], ...] = tuple(
-    (m, d, False) for m in METHODS if m not in UNSHIPPED_METHODS for d in DATASETS
-) + tuple((m, d, True) for m in SCDL_METHODS for d in DATASETS)
+#: Methods whose bundles ship ``configs/scdl.json``: every semi-supervised method (the SCDL paper's
+#: Table 1 baselines DHC, GenericSSL, GA-CPS, GA-MagicNet, plus CPS and MagicNet).
+SCDL_METHODS: tuple[str, ...] = ("cps", "dhc", "ga_cps", "magicnet", "ga_magicnet", "genericssl")
+#: The bundles generated into ``bundles/`` and committed: ``(method, dataset)``, every method on both datasets.
+SHIPPED: tuple[tuple[str, str], ...] = tuple(
+    (m, d) for m in METHODS if m not in UNSHIPPED_METHODS for d in DATASETS
+)
+#: Every configuration the shipped bundles run: ``(method, dataset, scdl)``, the baseline
+#: (``configs/train.json``) and, for :data:`SCDL_METHODS`, the SCDL variant (``+ configs/scdl.json``).
+VARIANTS: tuple[tuple[str, str, bool], ...] = tuple((m, d, False) for m, d in SHIPPED) + tuple(
+    (m, d, True) for m, d in SHIPPED if m in SCDL_METHODS
+)
 #: Methods whose network is built on the project VNet's hooks (no backbone swap).
 _VNET_ONLY = ("magicnet", "ga_magicnet", "genericssl", "skcdf")
+#: Methods with a second network ``network_b_def`` (SCDL wraps it too: ``scdl/network_b.json``).
+_TWO_NETWORKS = ("cps", "dhc", "ga_cps", "simis", "cld")
 
 #: ``schema`` field of metadata.json (the official URL; ``verify_metadata`` skips the download
 #: when ``--filepath`` already holds a file, so point it at :func:`schema_path` offline).
@@ -146,6 +173,7 @@ REQUIRED_PACKAGES = {"pytorch-ignite": "0.5.5", "nibabel": "5.4.2", "itk": "5.4.
 
 _FULL_CONFIGS = ("train", "inference")
 _OVERLAY_CONFIGS = ("evaluate", "multi_gpu_train")
+_KINDS = _FULL_CONFIGS + _OVERLAY_CONFIGS + ("scdl",)
 
 _DHC_REF = (
     "Wang H., Li X. DHC: Dual-debiased Heterogeneous Co-training Framework for Class-imbalanced "
@@ -311,20 +339,21 @@ _DATASET_TEXT = {
 # --------------------------------------------------------------------------------------------
 
 
-def components_dir() -> Path:
-    """``bundles/_components`` of the repository this package is installed from (editable install).
 
-    Set ``SCDL_MONAI_COMPONENTS`` to use another folder.
+def components_dir() -> Path:
+    """The bundle components: package data ``scdl_monai/resources/bundle_components`` (any install).
+
+    Set ``SCDL_MONAI_COMPONENTS`` to use another folder (e.g. a maintainer's edited copy).
 
     Raises:
-        FileNotFoundError: when the folder does not exist (e.g. a non-editable install).
+        FileNotFoundError: when the folder has no ``train.json``.
     """
     env = os.environ.get("SCDL_MONAI_COMPONENTS")
-    path = Path(env) if env else Path(__file__).resolve().parents[1] / "bundles" / "_components"
+    path = Path(env) if env else Path(__file__).resolve().parent / "resources" / "bundle_components"
     if not (path / "train.json").is_file():
         raise FileNotFoundError(
-            f"bundle components not found in {path} (expected train.json there); run from a repository "
-            "checkout (pip install -e .) or set SCDL_MONAI_COMPONENTS to the bundles/_components folder."
+            f"bundle components not found in {path} (expected train.json there); reinstall scdl_monai or set "
+            "SCDL_MONAI_COMPONENTS to a bundle components folder."
         )
     return path
 
@@ -343,27 +372,13 @@ def _option(value: str, options: Sequence[str], arg: str) -> str:
     return value.strip().lower()
 
 
-def _flag(value: Any, arg: str) -> bool:
-    """A bool, or its command-line spelling ("true"/"false", "yes"/"no", "1"/"0")."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1"):
-        return True
-    if text in ("false", "no", "0"):
-        return False
-    raise ValueError(f"{arg} must be true or false, got {value!r}.")
-
-
 def default_protocol(method: str) -> str:
     """The preprocessing protocol a method's bundle uses unless told otherwise (:data:`METHOD_PROTOCOLS`)."""
     return METHOD_PROTOCOLS[_option(method, METHODS, "method")]
 
 
-def _normalise(
-    method: str, dataset: str, backbone: str, protocol: str | None, scdl: Any
-) -> tuple[str, str, str, str, bool]:
-    """Validated, lower-cased ``(method, dataset, backbone, protocol, scdl)``; ``protocol=None`` -> the method's default.
+def _normalise(method: str, dataset: str, backbone: str, protocol: str | None) -> tuple[str, str, str, str]:
+    """Validated, lower-cased ``(method, dataset, backbone, protocol)``; ``protocol=None`` -> the method's default.
 
     Raises:
         ValueError: an unknown name (naming the argument), or a backbone the method cannot use.
@@ -371,28 +386,39 @@ def _normalise(
     method, dataset = _option(method, METHODS, "method"), _option(dataset, DATASETS, "dataset")
     backbone = _option(backbone, BACKBONES, "backbone")
     protocol = METHOD_PROTOCOLS[method] if protocol is None else _option(protocol, PROTOCOLS, "protocol")
-    scdl = _flag(scdl, "scdl")
-    if backbone != DEFAULT_BACKBONE and (method in _VNET_ONLY or scdl):
-        who = f"method {method!r}" + (" with SCDL" if scdl else "")
+    if backbone != DEFAULT_BACKBONE and method in _VNET_ONLY:
         raise ValueError(
-            f"backbone must be {DEFAULT_BACKBONE!r} for {who} (its network is built on the project VNet's "
-            f"encode/decode hooks), got {backbone!r}."
+            f"backbone must be {DEFAULT_BACKBONE!r} for method {method!r} (its network is built on the project "
+            f"VNet's encode/decode hooks), got {backbone!r}."
         )
-    return method, dataset, backbone, protocol, scdl
+    return method, dataset, backbone, protocol
 
 
-def bundle_name(
-    method: str,
-    dataset: str,
-    backbone: str = DEFAULT_BACKBONE,
-    protocol: str | None = None,
-    scdl: bool = False,
-) -> str:
-    """Folder name of a bundle: ``<method>[_scdl]_<dataset>``, + ``_<backbone>`` unless VNet, + ``_<protocol>``
+def scdl_available(method: str, backbone: str = DEFAULT_BACKBONE) -> bool:
+    """Whether a bundle of ``method`` with ``backbone`` ships ``configs/scdl.json``.
+
+    SCDL wraps the student networks of a semi-supervised method (:data:`SCDL_METHODS`) through
+    the project VNet's encode/decode hooks, so only VNet bundles carry it.
+    """
+    return _option(method, METHODS, "method") in SCDL_METHODS and _option(backbone, BACKBONES, "backbone") == DEFAULT_BACKBONE
+
+
+def _check_scdl(method: str, backbone: str) -> None:
+    if not scdl_available(method, backbone):
+        why = (
+            f"backbone {backbone!r} has no VNet encode/decode hooks to wrap"
+            if method in SCDL_METHODS
+            else f"method {method!r} is not semi-supervised; SCDL plugs into {list(SCDL_METHODS)}"
+        )
+        raise ValueError(f"scdl: no SCDL overlay for method {method!r} with backbone {backbone!r} ({why}).")
+
+
+def bundle_name(method: str, dataset: str, backbone: str = DEFAULT_BACKBONE, protocol: str | None = None) -> str:
+    """Folder name of a bundle: ``<method>_<dataset>``, + ``_<backbone>`` unless VNet, + ``_<protocol>``
     unless the method's default protocol (:data:`METHOD_PROTOCOLS`)."""
-    method, dataset, backbone, protocol, scdl = _normalise(method, dataset, backbone, protocol, scdl)
+    method, dataset, backbone, protocol = _normalise(method, dataset, backbone, protocol)
     return (
-        f"{method}{'_scdl' if scdl else ''}_{dataset}"
+        f"{method}_{dataset}"
         + ("" if backbone == DEFAULT_BACKBONE else f"_{backbone}")
         + ("" if protocol == METHOD_PROTOCOLS[method] else f"_{protocol}")
     )
@@ -419,6 +445,11 @@ def _method_chain(method: str) -> list[str]:
     return ([METHOD_BASES[method]] if method in METHOD_BASES else []) + [method]
 
 
+def _scdl_files(method: str, root: Path) -> list[Path]:
+    """The SCDL plug-in's component files for ``method``: ``scdl/scdl.json`` (+ ``scdl/network_b.json``)."""
+    return [root / "scdl" / "scdl.json"] + ([root / "scdl" / "network_b.json"] if method in _TWO_NETWORKS else [])
+
+
 def component_files(
     kind: str,
     method: str,
@@ -430,37 +461,42 @@ def component_files(
 ) -> list[Path]:
     """The component files merged (in order) into the bundle config ``kind``.
 
-    Order: base, dataset, backbone, protocol (unless native), base method (if any), method, scdl.
-    Dataset, backbone and protocol overlays apply to the full configs (train, inference) only.
+    Order: base, dataset, backbone, protocol (unless native), base method (if any), method, then
+    with ``scdl=True`` the SCDL overlay's files. Dataset, backbone and protocol overlays apply to
+    the full configs (train, inference) only; ``evaluate`` / ``multi_gpu_train`` are the same with
+    and without SCDL (the SCDL overlay is its own file, ``kind="scdl"``).
 
     Args:
-        kind: ``"train"``, ``"inference"``, ``"evaluate"`` or ``"multi_gpu_train"``.
+        kind: ``"train"``, ``"inference"``, ``"evaluate"``, ``"multi_gpu_train"`` or ``"scdl"``.
         method, dataset, backbone, protocol: see :data:`METHODS`, :data:`DATASETS`,
             :data:`BACKBONES`, :data:`PROTOCOLS`; ``protocol=None`` is the method's default.
         root: components folder (default :func:`components_dir`).
-        scdl: add the SCDL plug-in overlay (``scdl/<kind>.json`` where it exists).
+        scdl: add the SCDL plug-in's files to a full config.
 
     Raises:
-        ValueError: unknown names (see :func:`bundle_name`).
+        ValueError: unknown names (see :func:`bundle_name`), SCDL for a method/backbone without it.
         FileNotFoundError: a component file is missing (naming it).
     """
-    kind = _option(kind, _FULL_CONFIGS + _OVERLAY_CONFIGS, "kind")
-    method, dataset, backbone, protocol, scdl = _normalise(method, dataset, backbone, protocol, scdl)
+    kind = _option(kind, _KINDS, "kind")
+    method, dataset, backbone, protocol = _normalise(method, dataset, backbone, protocol)
+    scdl = as_flag(scdl, "scdl")
     root = Path(root) if root is not None else components_dir()
-    files = [root / f"{kind}.json"]
-    if kind in _FULL_CONFIGS:
-        files += [root / "datasets" / f"{dataset}.json", root / "backbones" / f"{backbone}.json"]
-        if protocol != DEFAULT_PROTOCOL:
-            files.append(root / "protocols" / protocol / f"{kind}.json")
-    method_files = [root / "methods" / m / f"{kind}.json" for m in _method_chain(method)]
-    if kind in _FULL_CONFIGS:
-        files += method_files  # a full config needs every method file (the method's `method_def` etc.)
+    if kind == "scdl" or scdl:
+        _check_scdl(method, backbone)
+    if kind == "scdl":
+        files = _scdl_files(method, root)
     else:
-        files += [f for f in method_files if f.is_file()]
-    if scdl:
-        scdl_file = root / "scdl" / f"{kind}.json"
-        if kind in _FULL_CONFIGS or scdl_file.is_file():
-            files.append(scdl_file)
+        files = [root / f"{kind}.json"]
+        if kind in _FULL_CONFIGS:
+            files += [root / "datasets" / f"{dataset}.json", root / "backbones" / f"{backbone}.json"]
+            if protocol != DEFAULT_PROTOCOL:
+                files.append(root / "protocols" / protocol / f"{kind}.json")
+        method_files = [root / "methods" / m / f"{kind}.json" for m in _method_chain(method)]
+        if kind in _FULL_CONFIGS:
+            files += method_files  # a full config needs every method file (the method's `method_def` etc.)
+            files += _scdl_files(method, root) if scdl else []
+        else:
+            files += [f for f in method_files if f.is_file()]
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"bundle component missing: {f}")
@@ -502,6 +538,68 @@ def _merge_overlays(files: Sequence[Path]) -> dict:
     return out
 
 
+def _apply_overlay(config: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict:
+    """``config`` with ``overlay`` merged by MONAI's own rule (what ``--config_file "[config, overlay]"`` reads)."""
+    from monai.bundle import ConfigParser
+    from monai.bundle.utils import merge_kv
+
+    parser = ConfigParser(config=copy.deepcopy(dict(config)))
+    for key, value in copy.deepcopy(dict(overlay)).items():
+        merge_kv(parser, key, value)
+    return parser.get()
+
+
+#: Reading order of a full config's top level (:func:`_tidy`): the ids each group starts with.
+_NETWORK_IDS = ("network_def", "network_a_def", "network_b_def", "inference_network_def", "network", "network_b", "student")
+_METHOD_IDS = ("diffusion", "loss", "method_def", "method", "inference_network")
+_RUN_IDS = (
+    "loss_terms", "train", "validate", "checkpoint_state", "checkpoint_saver", "early_stopping", "final_model_saver",
+    "checkpoint_loader", "preflight", "preprocessing", "dataset", "dataloader", "inferer", "postprocessing",
+    "stats_handler", "handlers", "evaluator",
+)  # fmt: skip
+_WORKFLOW_IDS = ("initialize", "run", "finalize")
+
+
+def _group(key: str) -> int:
+    if key == "imports":
+        return 0
+    if key in _NETWORK_IDS:
+        return 2
+    if key in _METHOD_IDS:
+        return 3
+    if key.startswith(("optimizer", "lr_scheduler")):
+        return 4
+    if key in _RUN_IDS:
+        return 5
+    return 6 if key in _WORKFLOW_IDS else 1  # 1: settings
+
+
+def _section_order(section: Mapping[str, Any]) -> dict:
+    """A ``train`` / ``validate`` section with its handler definitions just before ``handlers`` and the engine last."""
+    listed = [h[len("%"):].rpartition("#")[2] for h in section.get("handlers", []) if isinstance(h, str) and h.startswith("%")]
+    engine = [k for k in ("trainer", "evaluator") if k in section]
+    first = [k for k in section if k not in listed and k != "handlers" and k not in engine]
+    order = first + [k for k in listed if k in section] + (["handlers"] if "handlers" in section else []) + engine
+    return {k: section[k] for k in order}
+
+
+def _tidy(config: Mapping[str, Any]) -> dict:
+    """A composed full config in reading order (MONAI appends overlay keys at the end).
+
+    Top level: imports, settings, networks, method, optimizers and schedules, the engines and
+    their parts, then initialize / run / finalize (stable within each group); ``train`` and
+    ``validate`` keep their handler definitions next to the ``handlers`` list. Key order carries no
+    meaning for MONAI (references are resolved by id), so the config is the same.
+    """
+    def rank(key: str) -> tuple[int, int]:
+        group = _group(key)
+        ids = {2: _NETWORK_IDS, 3: _METHOD_IDS}.get(group, ())
+        return group, ids.index(key) if key in ids else 0
+
+    keys = sorted(config, key=rank)
+    return {k: _section_order(config[k]) if k in ("train", "validate") and isinstance(config[k], Mapping) else config[k] for k in keys}
+
+
 def compose_config(
     kind: str,
     method: str,
@@ -514,33 +612,70 @@ def compose_config(
     """One bundle config as a dict, composed from the components (see the module docstring).
 
     ``train`` / ``inference`` are complete configs merged with MONAI's
-    ``ConfigParser.load_config_files`` semantics; ``evaluate`` / ``multi_gpu_train`` are overlays.
-    ``protocol=None`` is the method's default (:data:`METHOD_PROTOCOLS`); ``scdl=True`` adds the
-    SCDL plug-in.
+    ``ConfigParser.load_config_files`` semantics; ``evaluate`` / ``multi_gpu_train`` / ``scdl``
+    are overlays (the bundle's ``configs/<kind>.json``). ``protocol=None`` is the method's default
+    (:data:`METHOD_PROTOCOLS`). ``scdl=True`` on a full config returns exactly what MONAI reads
+    from the bundle's ``['configs/<kind>.json', 'configs/scdl.json']``; the overlays are the same
+    with and without SCDL.
 
     Raises:
-        ValueError: unknown kind/method/dataset/backbone/protocol (naming the argument), invalid JSON.
+        ValueError: unknown kind/method/dataset/backbone/protocol (naming the argument), SCDL for a
+            method or backbone without it, invalid JSON.
         FileNotFoundError: a component file is missing.
     """
+    kind = _option(kind, _KINDS, "kind")
+    scdl = as_flag(scdl, "scdl")
+    if kind not in _FULL_CONFIGS:
+        return _merge_overlays(component_files(kind, method, dataset, backbone, root, protocol, scdl=False))
+    root = Path(root) if root is not None else components_dir()
+    component_files(kind, method, dataset, backbone, root, protocol, scdl=scdl)  # validates names and files
+    config = _prune(_compose_full(kind, method, dataset, backbone, root, protocol), method, dataset, backbone, root, protocol)
+    if scdl:
+        config = _apply_overlay(config, _merge_overlays(_scdl_files(method, root)))
+    return config
+
+
+def _compose_full(kind: str, method: str, dataset: str, backbone: str, root: Path, protocol: str | None) -> dict:
+    """A full config (train / inference) merged from its component files, in reading order, unpruned."""
     from monai.bundle import ConfigParser
 
-    files = component_files(kind, method, dataset, backbone, root, protocol, scdl)
-    if kind.strip().lower() in _FULL_CONFIGS:
-        for f in files:
-            _load_json(f)  # clear error naming the file before MONAI's generic one
-        return ConfigParser.load_config_files([str(f) for f in files])
-    return _merge_overlays(files)
+    files = component_files(kind, method, dataset, backbone, root, protocol)
+    for f in files:
+        _load_json(f)  # clear error naming the file before MONAI's generic one
+    return _tidy(ConfigParser.load_config_files([str(f) for f in files]))
+
+
+#: Top-level ids kept even when no config of the bundle refers to them: MONAI's bundle properties
+#: (``ConfigWorkflow``, ``--tracking``) and the ids set by ``scdl_monai.inference``.
+_KEEP_IDS = ("bundle_root", "device", "dataset_dir", "output_dir", "network_def", "network", "val_interval", "ckpt_path",
+             "input_files", "image_reader", "progress", "num_workers", "sw_device", "sw_output_device")  # fmt: skip
+_REFERENCE = re.compile(r"[@%]([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _prune(config: dict, method: str, dataset: str, backbone: str, root: Path, protocol: str | None) -> dict:
+    """``config`` without the settings no file of its bundle reads.
+
+    A setting of the base configs that the method's or protocol's overlays made obsolete (e.g.
+    ``crop_ratios`` where the protocol crops at random, ``max_epochs`` where a method counts
+    iterations) would mislead a reader editing it; it goes when no ``@id`` / ``%id`` of the
+    bundle's train, inference, evaluate, multi-GPU, SCDL or extra overlay configs refers to it.
+    """
+    kinds = _FULL_CONFIGS + _OVERLAY_CONFIGS + (("scdl",) if scdl_available(method, backbone) else ())
+    texts = [json.dumps(_compose_full(k, method, dataset, backbone, root, protocol)) for k in _FULL_CONFIGS]
+    texts += [f.read_text() for k in kinds if k not in _FULL_CONFIGS for f in component_files(k, method, dataset, backbone, root, protocol)]
+    texts += [f.read_text() for f in extra_overlays(method, root)]
+    read = {ref for text in texts for ref in _REFERENCE.findall(text)}
+    return {k: v for k, v in config.items() if _group(k) != 1 or k in read or k in _KEEP_IDS}
 
 
 def export_network_id(scdl: bool = False) -> str:
     """Config id (in ``inference.json``) of the network whose weights ``models/model.pt`` holds.
 
-    ``inference_network_def`` for the baselines; ``scdl_inference_network_def`` with SCDL (the
-    baseline's inference network with its backbones wrapped in their SCDL blocks, so the priors
-    are part of the network: export and verify this id).
+    ``inference_network_def`` with and without SCDL: ``configs/scdl.json`` wraps the backbones
+    inside it (``network_a_def`` / ``network_b_def``), so the priors are part of the exported network.
     """
-    return "scdl_inference_network_def" if _flag(scdl, "scdl") else "inference_network_def"
-
+    as_flag(scdl, "scdl")
+    return "inference_network_def"
 
 def _tensor_format(num_channels: int, fmt: str, channel_def: Mapping[str, str], value_range: list, modality: str) -> dict:
     return {
@@ -571,42 +706,46 @@ _IMAGE_TEXT = {
 }
 
 
-def build_metadata(
-    method: str,
-    dataset: str,
-    backbone: str = DEFAULT_BACKBONE,
-    protocol: str | None = None,
-    scdl: bool = False,
-) -> dict:
+
+def build_metadata(method: str, dataset: str, backbone: str = DEFAULT_BACKBONE, protocol: str | None = None) -> dict:
     """``configs/metadata.json`` of a bundle (valid against :func:`schema_path`).
 
-    ``network_data_format`` describes the inference network (for the two-network methods CPS,
-    DHC and GA-CPS the logit mean of A and B, which has the I/O of one backbone); those methods
-    add ``network_b_data_format`` for network B. SCDL does not change the network I/O.
+    Describes both variants a bundle runs: the baseline and, where it ships ``configs/scdl.json``,
+    the baseline with the SCDL plug-in (``variants``; the SCDL reference is listed). SCDL does not
+    change the network I/O. ``network_data_format`` describes the inference network (for the
+    two-network methods CPS, DHC and GA-CPS the logit mean of A and B, which has the I/O of one
+    backbone); those methods add ``network_b_data_format`` for network B.
     """
-    method, dataset, backbone, protocol, scdl = _normalise(method, dataset, backbone, protocol, scdl)
+    method, dataset, backbone, protocol = _normalise(method, dataset, backbone, protocol)
+    scdl = scdl_available(method, backbone)
     spec = get_dataset(dataset)
     mt, dt = _METHOD_TEXT[method], _DATASET_TEXT[dataset]
-    title = mt["title"] + (" + SCDL" if scdl else "")
+    title = mt["title"]
     classes = {str(i): name for i, name in enumerate(spec.class_names)}
     io = {
         "inputs": {"image": _tensor_format(1, "hounsfield", {"0": "image"}, [0, 1], "CT")},
         "outputs": {"pred": _tensor_format(spec.num_classes, "labels", classes, [], "CT")},
     }
-    version = "0.1.0"
+    version = "0.2.0"
     description = f"{title[0].upper() + title[1:]} with a {backbone} backbone: {mt['summary']}"
     if scdl:
-        description += f"; {_SCDL_TEXT['summary']}"
+        description += f". Variant with configs/scdl.json (the last config file), {_SCDL_TEXT['summary']}"
     kind = "Semi-supervised multi-organ" if method != "supervised" else "Multi-organ"
+    variants = {"baseline": {"description": title, "config_files": ["configs/train.json"]}}
+    if scdl:
+        variants["scdl"] = {"description": f"{title} + SCDL", "config_files": ["configs/train.json", "configs/scdl.json"]}
     meta: dict[str, Any] = {
         "schema": SCHEMA_URL,
         "version": version,
-        "changelog": {version: f"{title} on {dataset}, composed from bundles/_components by scdl_monai"},
+        "changelog": {
+            version: "one bundle per method and dataset; SCDL as the configs/scdl.json overlay; handlers by id",
+            "0.1.0": f"{title} on {dataset}, composed from bundle components by scdl_monai",
+        },
         "monai_version": MONAI_VERSION,
         "pytorch_version": PYTORCH_VERSION,
         "numpy_version": NUMPY_VERSION,
         "required_packages_version": {"scdl_monai": scdl_monai.__version__, **REQUIRED_PACKAGES},
-        "name": f"{bundle_name(method, dataset, backbone, protocol, scdl)} ({backbone}, {protocol} protocol)",
+        "name": f"{bundle_name(method, dataset, backbone, protocol)} ({backbone}, {protocol} protocol)",
         "task": f"{kind} segmentation of abdominal CT ({spec.num_classes - 1} organs, {dataset})",
         "description": (
             f"{description}. {_PROTOCOL_TEXT[protocol]}; "
@@ -621,6 +760,7 @@ def build_metadata(
         "pred_classes": f"{spec.num_classes} channels of logits (before softmax), channel k = class k",
         "intended_use": "Research only; not for clinical or diagnostic use. No trained weights are shipped.",
         "references": list(mt["references"]) + ([_SCDL_TEXT["reference"]] if scdl else []),
+        "variants": variants,
         "network_data_format": io,
     }
     if mt["networks"] == 2:
@@ -705,12 +845,19 @@ def _sliding_window_text(train: Mapping[str, Any]) -> str:
     )
 
 
+
+
 def _component_readmes(method: str, scdl: bool, root: Path) -> str:
     """The training-configuration sections of the method (its base method's first) and of SCDL."""
     paths = [root / "methods" / m / "README.md" for m in _method_chain(method)]
     if scdl:
         paths.append(root / "scdl" / "README.md")
     return "\n".join(p.read_text().strip() + "\n" for p in paths if p.is_file())
+
+
+def _files(*names: str) -> str:
+    """A ``--config_file`` argument: one file as is, several as MONAI's list syntax."""
+    return names[0] if len(names) == 1 else '"[' + ",".join(f"'{n}'" for n in names) + ']"'
 
 
 def _readme(
@@ -720,7 +867,6 @@ def _readme(
     name: str,
     meta: dict,
     protocol: str,
-    scdl: bool,
     train: Mapping[str, Any],
     root: Path,
     extras: Sequence[Path] = (),
@@ -728,8 +874,9 @@ def _readme(
     """The bundle's ``docs/README.md``; values quoted from the composed ``train`` config where they vary."""
     spec = get_dataset(dataset)
     mt, dt = _METHOD_TEXT[method], _DATASET_TEXT[dataset]
-    title = mt["title"] + (" + SCDL" if scdl else "")
-    export_id = export_network_id(scdl)
+    scdl = scdl_available(method, backbone)
+    title = mt["title"]
+    export_id = export_network_id()
     classes = "\n".join(f"| {i} | {n} |" for i, n in enumerate(spec.class_names))
     semi = method != "supervised"
     unlabeled_line = (
@@ -743,16 +890,43 @@ def _readme(
     patch_text = "x".join(str(p) for p in patch)
     preprocessing = _PREPROCESSING_TEXT[protocol].format(patch=patch_text)
     sliding = _sliding_window_text(train)
-    defaults = {"backbone": DEFAULT_BACKBONE, "protocol": METHOD_PROTOCOLS[method], "scdl": False}
-    given = {"backbone": backbone, "protocol": protocol, "scdl": scdl}
-    flags = "".join(f" --{k} {str(v).lower()}" for k, v in given.items() if v != defaults[k])
+    defaults = {"backbone": DEFAULT_BACKBONE, "protocol": METHOD_PROTOCOLS[method]}
+    given = {"backbone": backbone, "protocol": protocol}
+    flags = "".join(f" --{k} {v}" for k, v in given.items() if v != defaults[k])
     length = "--max_iterations 1000" if "max_iterations" in train else "--max_epochs 100"
-    swap = " --network_def#name unet" if method not in _VNET_ONLY and not scdl else ""
+    swap = " --network_def#name unet" if method not in _VNET_ONLY else ""
     method_text = _component_readmes(method, scdl, root)
+    data = f"--dataset_dir /path/to/{dataset}"
+    t, t_s = _files("configs/train.json"), _files("configs/train.json", "configs/scdl.json")
+    i, i_s = _files("configs/inference.json"), _files("configs/inference.json", "configs/scdl.json")
+    ev, ev_s = _files("configs/train.json", "configs/evaluate.json"), _files("configs/train.json", "configs/evaluate.json", "configs/scdl.json")
+    mg, mg_s = _files("configs/train.json", "configs/multi_gpu_train.json"), _files("configs/train.json", "configs/multi_gpu_train.json", "configs/scdl.json")
     extra_text = ""
     if extras:
         names = ", ".join(f"`configs/{p.name}`" for p in extras)
         extra_text = f"\nExtra overlays shipped with this method (see above): {names}.\n"
+
+    def both(baseline: str, with_scdl: str) -> str:
+        return baseline + (f"\n# with SCDL\n{with_scdl}" if scdl else "")
+
+    if scdl:
+        variants = f"""This bundle runs two variants:
+
+| variant | config files |
+|---|---|
+| {title} | `configs/train.json` |
+| {title} + SCDL | `configs/train.json` + `configs/scdl.json` |
+
+`configs/scdl.json` is one overlay for training, evaluation, multi-GPU training and inference: add
+it last to any `--config_file` list below. It wraps the baseline's networks, method and optimizer
+by reference (`network_a_def`, `network_b_def`, `scdl_method_def`, `optimizer`) and changes
+nothing else. Both variants write to `models/` and `eval/`: train each in its own copy of this
+folder (or with its own `--bundle_root`), and evaluate or infer with the files it was trained with.
+"""
+    elif semi:
+        variants = "`configs/scdl.json` (the SCDL plug-in) needs the VNet backbone: this bundle has none.\n"
+    else:
+        variants = "SCDL plugs into the semi-supervised bundles only: this bundle has no `configs/scdl.json`.\n"
     if method in ("magicnet", "ga_magicnet"):
         multi_gpu = (
             "Multi-GPU training is not supported for the MagicNet family (`configs/multi_gpu_train.json` is "
@@ -762,21 +936,18 @@ def _readme(
         multi_gpu = f"""Multi-GPU training (DDP; backend gloo without CUDA):
 
 ```bash
-torchrun --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run \\
-    --config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir /path/to/{dataset}
+{both(f"torchrun --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run --config_file {mg} {data}",
+      f"torchrun --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run --config_file {mg_s} {data}")}
 ```
 """
+    ct = "--input_files \"['/path/to/ct.nii.gz']\" --output_dir /path/to/out --sw_output_device cpu"
+    infer = both(f"python -m monai.bundle run --config_file {i} {ct}", f"python -m monai.bundle run --config_file {i_s} {ct}")
+    export_files = _files("configs/inference.json", "configs/scdl.json") if scdl else "configs/inference.json"
     torchscript = ""
     if scdl:
-        torchscript = f"""
-The exported TorchScript holds the whole prior path (SCDL proxies, projector, injection
-convolutions; eval mode: proxy means, no token noise), so inference can run on it instead of
-`models/model.pt` (the CheckpointLoader handler is then disabled):
-
-```bash
-python -m monai.bundle run --config_file configs/inference.json --input_files "['/path/to/ct.nii.gz']" \\
-    --network "\\$torch.jit.load('models/model.ts')" --handlers#0#_disabled_ true
-```
+        torchscript = """
+With `configs/scdl.json` the exported network holds the whole prior path (SCDL proxies, projector,
+injection convolutions; eval mode: proxy means, no token noise).
 """
     return f"""# {name}: {title} on {dataset} ({backbone})
 
@@ -784,11 +955,12 @@ python -m monai.bundle run --config_file configs/inference.json --input_files "[
 
 {meta['description']}
 
-This bundle was generated by `python -m scdl_monai.bundles write --method {method} --dataset {dataset}{flags}`
-from `bundles/_components/` of the scdl_monai repository (do not edit it by hand: edit the
-components and regenerate). All code it runs lives in the installed `scdl_monai` package and is
-referenced by full dotted paths, so the bundle runs from any directory; it needs no `scripts/`
-folder and no `PYTHONPATH`.
+{variants}
+The configs are plain MONAI bundle JSON, meant to be read and edited: change any value in place or
+override it on the command line (`--<id> <value>`, e.g. `--n_filters 16`). All code they run lives in
+the installed `scdl_monai` package and is referenced by full dotted paths, so the bundle runs from
+any directory; it needs no `scripts/` folder and no `PYTHONPATH`. (scdl_monai's maintainers generate
+the shipped copy with `python -m scdl_monai.bundles write --method {method} --dataset {dataset}{flags} --out DIR`.)
 
 **Security:** bundle configs execute code (`$` expressions and `_target_` imports, MONAI prints a
 warning). Only run bundles from sources you trust, exactly as you would only run trusted scripts.
@@ -825,7 +997,10 @@ Classes:
 {preprocessing}
 {sliding}
 {method_text}{extra_text}
-Every loss term is logged by `StatsHandler` and TensorBoard (`eval/`).
+Every loss term is logged by `StatsHandler` and TensorBoard (`eval/`). Handlers have ids (e.g.
+`train#lr_handler`, `train#validation_handler`, `validate#best_model_saver`); the lists
+`train#handlers` / `validate#handlers` copy them (`%id`): configure or switch one off by its id,
+e.g. `--train#tensorboard_handler#_disabled_ true`.
 
 ## MONAI Bundle Commands
 
@@ -835,13 +1010,13 @@ Install first: `pip install scdl_monai` (or `bash scripts/bootstrap.sh` in the r
 Train:
 
 ```bash
-python -m monai.bundle run --config_file configs/train.json --dataset_dir /path/to/{dataset}
+{both(f"python -m monai.bundle run --config_file {t} {data}", f"python -m monai.bundle run --config_file {t_s} {data}")}
 ```
 
 Override parameters (any config id), e.g. a shorter run{', another backbone' if swap else ''}, a smaller network:
 
 ```bash
-python -m monai.bundle run --config_file configs/train.json --dataset_dir /path/to/{dataset} \\
+python -m monai.bundle run --config_file {t} {data} \\
     {length}{swap} --n_filters 8
 ```
 
@@ -858,22 +1033,22 @@ bundles set `amp` false: their reference runs are fp32. The fast path on a
 bf16-capable CPU:
 
 ```bash
-python -m monai.bundle run --config_file configs/train.json --dataset_dir /path/to/{dataset} --precision bf16 --channels_last true
-python -m monai.bundle run --config_file configs/inference.json --input_files "['/path/to/ct.nii.gz']" --precision bf16 --channels_last true
+python -m monai.bundle run --config_file {t} {data} --precision bf16 --channels_last true
+python -m monai.bundle run --config_file {i} --input_files "['/path/to/ct.nii.gz']" --precision bf16 --channels_last true
 ```
 
 Resume from the newest full-state checkpoint in `models/` (method with its buffers, every optimizer
 and LR scheduler, AMP scaler, trainer epoch/iteration and unlabeled-stream position):
 
 ```bash
-python -m monai.bundle run --config_file configs/train.json --dataset_dir /path/to/{dataset} --resume true
+python -m monai.bundle run --config_file {t} {data} --resume true
 ```
 
 {multi_gpu}
 Experiment tracking with MLflow (needs `pip install mlflow`):
 
 ```bash
-python -m monai.bundle run --config_file configs/train.json --dataset_dir /path/to/{dataset} --tracking mlflow
+python -m monai.bundle run --config_file {t} {data} --tracking mlflow
 ```
 
 Evaluate `models/model.pt` on the `test` split: Dice per class on the protocol grid
@@ -884,7 +1059,7 @@ Evaluate `models/model.pt` on the `test` split: Dice per class on the protocol g
 see scdl_monai `docs/evaluation.md`):
 
 ```bash
-python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" --dataset_dir /path/to/{dataset}
+{both(f"python -m monai.bundle run --config_file {ev} {data}", f"python -m monai.bundle run --config_file {ev_s} {data}")}
 python -m scdl_monai.evaluation evaluate --pred_dir eval/predictions --label_dir /path/to/labels \\
     --strict False --out_dir eval/metrics --dataset {dataset}
 ```
@@ -894,23 +1069,30 @@ and orientation:
 
 ```bash
 python -m scdl_monai.inference --bundle . --input /path/to/ct.nii.gz --output /path/to/ct_seg.nii.gz
-python -m monai.bundle run --config_file configs/inference.json --input_files "['/path/to/ct.nii.gz']" \\
-    --output_dir /path/to/out --sw_output_device cpu
+{infer}
 ```
 
 Export TorchScript (by tracing) and check the network against the metadata:
 
 ```bash
 python -m monai.bundle ckpt_export {export_id} --filepath models/model.ts --ckpt_file models/model.pt \\
-    --meta_file configs/metadata.json --config_file configs/inference.json \\
+    --meta_file configs/metadata.json --config_file {export_files} \\
     --use_trace True --input_shape "[1, 1, {', '.join(str(p) for p in patch)}]"
 
 python -m monai.bundle verify_net_in_out {export_id} --meta_file configs/metadata.json \\
-    --config_file configs/inference.json --n 2 --device cpu
+    --config_file {export_files} --n 2 --device cpu
 python -m monai.bundle verify_metadata --meta_file configs/metadata.json \\
     --filepath "$(python -c 'import scdl_monai.bundles as b; print(b.schema_path())')"
 ```
 {torchscript}
+Inference can run on the TorchScript file instead of `models/model.pt` (the checkpoint loader is
+then switched off by its id):
+
+```bash
+python -m monai.bundle run --config_file {i} --input_files "['/path/to/ct.nii.gz']" \\
+    --network "\\$torch.jit.load('models/model.ts')" --checkpoint_loader#_disabled_ true
+```
+
 `verify_metadata` uses scdl_monai's vendored reconstruction of the 20240725 metadata schema (the
 official file is a download that is not available offline).
 
@@ -943,6 +1125,8 @@ sharing models trained on it.
 """
 
 
+
+
 def write_bundle(
     method: str,
     dataset: str,
@@ -950,26 +1134,25 @@ def write_bundle(
     backbone: str = DEFAULT_BACKBONE,
     root: str | Path | None = None,
     protocol: str | None = None,
-    scdl: bool = False,
 ) -> Path:
     """Write a self-contained bundle directory.
 
-    Layout: ``configs/{train,evaluate,inference,multi_gpu_train,metadata}.json``, the method's
-    extra overlays (:func:`extra_overlays`) in ``configs/``, ``configs/logging.conf``,
-    ``docs/README.md``, ``docs/data_license.txt``, ``LICENSE``, ``models/.gitkeep``. Every file is
-    written atomically (temporary file + ``os.replace``); other files already in ``out`` (e.g.
-    trained ``models/*.pt``) are left alone.
+    Layout: ``configs/{train,evaluate,inference,multi_gpu_train,metadata}.json``, ``configs/scdl.json``
+    where SCDL plugs in (:func:`scdl_available`), the method's extra overlays
+    (:func:`extra_overlays`) in ``configs/``, ``configs/logging.conf``, ``docs/README.md``,
+    ``docs/data_license.txt``, ``LICENSE``, ``models/.gitkeep``. Every file is written atomically
+    (temporary file + ``os.replace``); other files already in ``out`` (e.g. trained
+    ``models/*.pt``) are left alone.
 
     Args:
         method: one of :data:`METHODS`.
         dataset: ``"synapse"`` or ``"amos"``.
         out: the bundle folder (created).
         backbone: ``"vnet"`` (default), ``"unet"`` or ``"segresnet"`` (VNet only for the
-            MagicNet family, GenericSSL and SCDL).
+            MagicNet family and GenericSSL; other backbones get no ``scdl.json``).
         root: components folder (default :func:`components_dir`).
         protocol: preprocessing protocol, ``"native"``, ``"dhc"`` or ``"ga"``; ``None`` (default)
             is the method's own (:data:`METHOD_PROTOCOLS`).
-        scdl: add the SCDL plug-in (folder name ``<method>_scdl_<dataset>``).
 
     Returns:
         ``out`` as a Path.
@@ -977,24 +1160,25 @@ def write_bundle(
     Raises:
         ValueError: unknown method/dataset/backbone/protocol; FileNotFoundError: missing components.
     """
-    name = bundle_name(method, dataset, backbone, protocol, scdl)
-    method, dataset, backbone, protocol, scdl = _normalise(method, dataset, backbone, protocol, scdl)
+    name = bundle_name(method, dataset, backbone, protocol)
+    method, dataset, backbone, protocol = _normalise(method, dataset, backbone, protocol)
     root = Path(root) if root is not None else components_dir()
     out = Path(out)
+    kinds = _FULL_CONFIGS + _OVERLAY_CONFIGS + (("scdl",) if scdl_available(method, backbone) else ())
     texts: dict[str, str] = {}
     configs: dict[str, dict] = {}
-    for kind in _FULL_CONFIGS + _OVERLAY_CONFIGS:
-        configs[kind] = compose_config(kind, method, dataset, backbone, root, protocol, scdl)
+    for kind in kinds:
+        configs[kind] = compose_config(kind, method, dataset, backbone, root, protocol)
         texts[f"configs/{kind}.json"] = _dumps(configs[kind]) + "\n"
     extras = extra_overlays(method, root)
     for path in extras:
         _load_json(path)  # a broken overlay fails here, naming the file
         texts[f"configs/{path.name}"] = path.read_text()
-    meta = build_metadata(method, dataset, backbone, protocol, scdl)
+    meta = build_metadata(method, dataset, backbone, protocol)
     texts["configs/metadata.json"] = _dumps(meta) + "\n"
     texts["configs/logging.conf"] = (root / "logging.conf").read_text()
     texts["LICENSE"] = (root / "LICENSE").read_text()
-    texts["docs/README.md"] = _readme(method, dataset, backbone, name, meta, protocol, scdl, configs["train"], root, extras)
+    texts["docs/README.md"] = _readme(method, dataset, backbone, name, meta, protocol, configs["train"], root, extras)
     texts["docs/data_license.txt"] = _data_license(dataset)
     texts["models/.gitkeep"] = ""
     for rel, text in texts.items():
@@ -1002,11 +1186,33 @@ def write_bundle(
     return out
 
 
-def write_all(out: str | Path | None = None, root: str | Path | None = None) -> list[Path]:
-    """Write every shipped bundle (:data:`SHIPPED`) under ``out`` (default: the repository's ``bundles/``)."""
-    root = Path(root) if root is not None else components_dir()
-    out = Path(out) if out is not None else root.parent
-    return [write_bundle(m, d, out / bundle_name(m, d, scdl=s), root=root, scdl=s) for m, d, s in SHIPPED]
+def bake_overlay(bundle: str | Path, overlay: str = "scdl.json", kinds: Sequence[str] = ("train", "inference")) -> Path:
+    """Merge ``configs/<overlay>`` into the bundle's ``configs/<kind>.json`` and remove the overlay file.
+
+    A variant chosen for training becomes part of the bundle: after baking ``scdl.json``, the plain
+    ``configs/train.json`` trains the SCDL variant and the plain ``configs/inference.json`` rebuilds
+    the network that ``models/model.pt`` holds, so a trained bundle runs as it is (no overlay to
+    remember). The merge is MONAI's multi-file rule (a later key replaces, ``+key`` extends or
+    updates); ``evaluate.json`` and ``multi_gpu_train.json`` stay overlays on the baked ``train.json``.
+
+    Raises:
+        FileNotFoundError: the bundle has no ``configs/<overlay>``.
+    """
+    configs = Path(bundle) / "configs"
+    extra = configs / overlay
+    if not extra.is_file():
+        raise FileNotFoundError(f"{extra}: no such overlay in bundle {bundle}")
+    for kind in kinds:
+        merged = _merge_overlays([configs / f"{kind}.json", extra])
+        atomic_write(configs / f"{kind}.json", lambda tmp, m=merged: tmp.write_text(_dumps(m) + "\n"), mode=0o644)
+    extra.unlink()
+    return Path(bundle)
+
+
+def write_all(out: str | Path, root: str | Path | None = None) -> list[Path]:
+    """Write every shipped bundle (:data:`SHIPPED`) under ``out`` (e.g. the repository's ``bundles/``)."""
+    out = Path(out)
+    return [write_bundle(m, d, out / bundle_name(m, d), root=root) for m, d in SHIPPED]
 
 
 def compare_bundle_dirs(expected: str | Path, actual: str | Path) -> list[str]:
@@ -1076,36 +1282,72 @@ def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint", missing:
 # --------------------------------------------------------------------------------------------
 
 
+
+
+def resume_checkpoint(ckpt_dir: str | Path, resume: bool | str = False, prefix: str = "checkpoint") -> str:
+    """The bundles' ``resume_from``: ``""`` (start fresh) unless ``resume``, else the newest checkpoint.
+
+    With ``resume`` and no checkpoint in ``ckpt_dir`` it returns the glob pattern
+    ``<ckpt_dir>/<prefix>*.pt`` (:func:`latest_checkpoint` with ``missing="pattern"``), which the
+    start-up check reports as "file not found" in its one message.
+
+    Args:
+        ckpt_dir: the checkpoint folder (``ckpt_dir`` of the bundle).
+        resume: a bool, or its command-line spelling (``--resume true`` arrives as ``"true"``).
+        prefix: file-name prefix of the full-state checkpoints.
+
+    Raises:
+        ValueError: ``resume`` is not a bool spelling.
+    """
+    if not as_flag(resume, "resume"):
+        return ""
+    return latest_checkpoint(ckpt_dir, prefix=prefix, missing="pattern")
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+
+
+def _repository_bundles() -> Path:
+    """``bundles/`` of the repository checkout this package runs from (maintainers' write-all/check)."""
+    path = Path(__file__).resolve().parents[1] / "bundles"
+    if not path.is_dir():
+        raise FileNotFoundError(f"no bundles/ folder at {path}: run from a repository checkout or pass --out/--root.")
+    return path
+
+
 def _cli_write(
     method: str,
     dataset: str,
     out: str,
     backbone: str = DEFAULT_BACKBONE,
     protocol: str | None = None,
-    scdl: bool | str = False,
 ) -> None:
-    """Write one self-contained bundle to OUT (method: supervised|cps|dhc|ga_cps|magicnet|ga_magicnet|genericssl|simis|cld;
-    dataset: synapse|amos; backbone: vnet|unet|segresnet; protocol: native|dhc|ga, default the method's own;
-    scdl: true|false, add the SCDL plug-in)."""
-    path = write_bundle(method, dataset, out, backbone=backbone, protocol=protocol, scdl=scdl)
-    print(f"wrote bundle {bundle_name(method, dataset, backbone, protocol, scdl)} to {path}")
+    """Write one self-contained bundle to OUT (method: supervised|cps|dhc|ga_cps|magicnet|ga_magicnet|genericssl|simis|cld|skcdf;
+    dataset: synapse|amos; backbone: vnet|unet|segresnet; protocol: native|dhc|ga, default the method's own).
+    Semi-supervised VNet bundles include configs/scdl.json."""
+    path = write_bundle(method, dataset, out, backbone=backbone, protocol=protocol)
+    print(f"wrote bundle {bundle_name(method, dataset, backbone, protocol)} to {path}")
 
 
 def _cli_write_all(out: str | None = None) -> None:
-    """Regenerate every shipped bundle (default: the repository's bundles/)."""
-    for path in write_all(out):
+    """Maintainers: regenerate every shipped bundle (default: the repository's bundles/)."""
+    for path in write_all(Path(out) if out is not None else _repository_bundles()):
         print(f"wrote {path}")
 
 
 def _cli_check(root: str | None = None) -> None:
-    """Fail (exit 1) when a committed bundle differs from its regeneration from the components."""
-    base = Path(root) if root is not None else components_dir().parent
+    """Fail (exit 1) when a shipped bundle differs from its regeneration from the components."""
+    base = Path(root) if root is not None else _repository_bundles()
     problems: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for m, d, s in SHIPPED:
-            name = bundle_name(m, d, scdl=s)
-            write_bundle(m, d, Path(tmp) / name, scdl=s)
+        for m, d in SHIPPED:
+            name = bundle_name(m, d)
+            write_bundle(m, d, Path(tmp) / name)
             problems += [f"{name}: {p}" for p in compare_bundle_dirs(Path(tmp) / name, base / name)]
+        expected = {bundle_name(m, d) for m, d in SHIPPED}
+        problems += [f"{p.name}: not a shipped bundle (remove it)" for p in sorted(base.iterdir()) if p.is_dir() and p.name not in expected]
     if problems:
         raise ValueError("bundles differ from their components (run: python -m scdl_monai.bundles write-all):\n  " + "\n  ".join(problems))
     print(f"{len(SHIPPED)} bundles in {base} match their components")

@@ -76,6 +76,8 @@ from monai.inferers import SlidingWindowInferer
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from scdl_monai.data.utils import as_flag
+
 __all__ = [
     "PRECISIONS",
     "PrecisionPolicy",
@@ -432,7 +434,7 @@ class PrecisionPolicy:
         channels_last: store 5-D parameters and inputs as ``torch.channels_last_3d`` (4-D as
             ``torch.channels_last``). Issue 10 measured, on an Intel Xeon with AMX, 4.66 s → 3.27 s
             per VNet step in fp32 and 1.44 s → 1.03 s in bf16; ``benchmarks/fastpath.py`` measures
-            it on the machine at hand.
+            it on the machine at hand. A bool, or its command-line spelling ("true"/"false").
         device: default device for lazy resolution (``resolve(device)`` overrides it).
         conv_guard: rewrite defect-prone CPU bf16 conv3d calls (:class:`BF16ConvGuard`: axis swap,
             else fp32); ``None`` (default) = on exactly for CPU bf16. ``False`` only for measurements.
@@ -465,8 +467,8 @@ class PrecisionPolicy:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", _canonical_precision(self.precision))
-        if not isinstance(self.channels_last, bool):
-            raise ValueError(f"PrecisionPolicy: channels_last must be true or false, got {self.channels_last!r}.")
+        # a bool, or its command-line spelling (`--channels_last true` arrives as the string "true")
+        object.__setattr__(self, "channels_last", as_flag(self.channels_last, "channels_last", "PrecisionPolicy"))
         if self.conv_guard is not None and not isinstance(self.conv_guard, bool):
             raise ValueError(f"PrecisionPolicy: conv_guard must be true, false or null, got {self.conv_guard!r}.")
         if self.spatial_dims is not None and self.spatial_dims not in (1, 2, 3):

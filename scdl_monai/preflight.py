@@ -38,7 +38,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +50,11 @@ __all__ = [
     "PreflightError",
     "shape_factor",
     "check_num_classes",
+    "check_protocol",
     "check_divisible",
     "check_writable",
     "check_checkpoint",
+    "shape_hyperparameters",
     "check_splits",
     "check_patch_vs_volumes",
     "check_dicom_series",
@@ -72,6 +74,9 @@ class PreflightError(ValueError):
 
     def __init__(self, problems: Sequence[str], what: str = "run"):
         self.problems = list(problems)
+        if len(self.problems) == 1:  # one line
+            super().__init__(f"cannot start the {what}: {self.problems[0]}")
+            return
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"cannot start the {what}: {len(self.problems)} problem(s) found before starting:\n{lines}")
 
@@ -139,6 +144,20 @@ def _networks(method_or_network: nn.Module) -> dict[str, nn.Module]:
 
 
 # ------------------------------------------------------------------------------------ single checks
+def check_protocol(protocol: str | None) -> list[str]:
+    """``protocol`` is one of :data:`scdl_monai.data.transforms.PROTOCOLS` (None: not given)."""
+    from scdl_monai.data.transforms import PROTOCOLS
+    from scdl_monai.data.utils import UnknownNameError, look_up
+
+    if protocol is None:
+        return []
+    try:
+        look_up(protocol, PROTOCOLS, "protocol")
+    except (UnknownNameError, TypeError):
+        return [UnknownNameError("protocol", protocol, PROTOCOLS).for_key("protocol")]
+    return []
+
+
 def check_num_classes(
     num_classes: int,
     dataset: str | None = None,
@@ -272,6 +291,53 @@ def check_checkpoint(path: str | os.PathLike, modules: Mapping[str, nn.Module], 
                 + "; it was trained with another architecture, backbone, n_filters or num_classes"
             )
     return problems
+
+
+def shape_hyperparameters(
+    checkpoint: Mapping[str, Sequence[int]], model: Mapping[str, Sequence[int]], current: Mapping[str, int]
+) -> dict[str, int]:
+    """Values of the width / class / input-channel keys under which ``model``'s tensors would take
+    the ``checkpoint``'s shapes; a guess to verify by rebuilding the network.
+
+    Read from the first convolution (the backbone's stem: output channels scale with
+    ``n_filters``, input channels are ``network_def#in_channels``) and the last convolution that
+    has ``num_classes`` channels (the segmentation head; either axis, for a transposed
+    convolution). Only keys given in ``current`` (key -> the config's value) are guessed, and only
+    where both sides hold the tensor with the same number of dimensions.
+
+    Args:
+        checkpoint: tensor name -> shape in the checkpoint.
+        model: tensor name -> shape in the network the config builds.
+        current: the config's values, e.g. ``{"n_filters": 32, "num_classes": 14}``.
+
+    Returns:
+        key -> value read from the shapes (possibly equal to the config's).
+
+    Example:
+        >>> shape_hyperparameters({"stem.weight": (4, 1, 3, 3, 3), "head.weight": (3, 4, 1, 1, 1)},
+        ...                       {"stem.weight": (32, 1, 3, 3, 3), "head.weight": (14, 32, 1, 1, 1)},
+        ...                       {"n_filters": 32, "num_classes": 14})
+        {'n_filters': 4, 'num_classes': 3}
+    """
+    convs = [k for k in model if k in checkpoint and len(model[k]) >= 3 and len(checkpoint[k]) == len(model[k])]
+    found: dict[str, int] = {}
+    if not convs:
+        return found
+    stem_have, stem_want = checkpoint[convs[0]], model[convs[0]]
+    width = current.get("n_filters")
+    if width is not None and stem_want[0] and (stem_have[0] * width) % stem_want[0] == 0:
+        found["n_filters"] = stem_have[0] * width // stem_want[0]
+    channels = current.get("network_def#in_channels")
+    if channels is not None and stem_want[1] and (stem_have[1] * channels) % stem_want[1] == 0:
+        found["network_def#in_channels"] = stem_have[1] * channels // stem_want[1]
+    classes = current.get("num_classes")
+    if classes is not None:
+        for key in reversed(convs):
+            axes = [a for a in (0, 1) if model[key][a] == classes]
+            if axes:
+                found["num_classes"] = checkpoint[key][axes[0]]
+                break
+    return found
 
 
 def _load_datalist(datalist: str | os.PathLike | Mapping) -> tuple[dict, Path, list[str]]:
@@ -416,6 +482,7 @@ def check_training(
     max_pad_ratio: float = 3.0,
     num_workers: int = 1,
     on_error: str = "raise",
+    protocol: str | None = None,
 ) -> None:
     """Check a training run before it starts; report every problem at once.
 
@@ -426,6 +493,8 @@ def check_training(
             ``method.requires_unlabeled`` decides whether the ``unlabeled`` list is needed).
         dataset_name: ``synapse``/``amos``; ``num_classes`` must match it.
         class_names: one name per class.
+        protocol: the bundle's preprocessing protocol label (``native``, ``dhc``, ``ga``), read by
+            config expressions (``val_crop``, the ``pixdim`` check): an unknown one is refused.
         patch_size: training patch (and sliding-window ROI).
         pixdim: training voxel size (mm) the volumes are resampled to.
         ckpt_dir, output_dir: folders the run writes.
@@ -449,6 +518,7 @@ def check_training(
     split_problems = check_splits(datalist, required)
     problems += split_problems
     problems += check_num_classes(num_classes, dataset_name, class_names, networks)
+    problems += check_protocol(protocol)
     if patch_size is not None:
         problems += check_divisible(patch_size, networks)
     for key, folder in (("ckpt_dir", ckpt_dir), ("output_dir", output_dir)):
@@ -480,9 +550,13 @@ def check_inference(
     patch_size: Sequence[int] | None = None,
     ct: bool = True,
     on_error: str = "raise",
+    ckpt_hint: Callable[[], str | None] | None = None,
 ) -> None:
     """Check an inference run: every input image (:func:`check_image`), the checkpoint against the
     network, ``patch_size`` against the network and the output folders.
+
+    ``ckpt_hint`` is called when the checkpoint does not fit; a message it returns (e.g. the
+    config values that would fit, from :func:`shape_hyperparameters`) replaces the generic one.
 
     Raises:
         PreflightError / SystemExit: as in :func:`check_training`.
@@ -490,7 +564,9 @@ def check_inference(
     problems: list[str] = []
     for path in inputs:
         problems += check_image(path, key="input", ct=ct)
-    problems += check_checkpoint(ckpt, {"model": network}, key="ckpt")
+    ckpt_problems = check_checkpoint(ckpt, {"model": network}, key="ckpt")
+    hint = ckpt_hint() if ckpt_problems and ckpt_hint is not None else None
+    problems += [hint] if hint else ckpt_problems
     if patch_size is not None:
         problems += check_divisible(patch_size, {"network": network})
     for folder in dict.fromkeys(str(Path(o).parent if Path(o).suffix else Path(o)) for o in outputs):

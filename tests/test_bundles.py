@@ -1,7 +1,9 @@
-"""scdl_monai.bundles: overlay composition, self-contained write-out, metadata, CLI, checkpoints."""
+"""scdl_monai.bundles: overlay composition, self-contained write-out, metadata, CLI, checkpoints, and
+the hygiene of the shipped configs (handlers by id, no lambdas, SCDL as one overlay)."""
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -10,8 +12,10 @@ from monai.bundle import ConfigParser, verify_metadata
 
 from scdl_monai.bundles import (
     METHODS,
+    SCDL_METHODS,
     SHIPPED,
     UNSHIPPED_METHODS,
+    VARIANTS,
     bundle_name,
     build_metadata,
     compare_bundle_dirs,
@@ -23,6 +27,7 @@ from scdl_monai.bundles import (
     extra_overlays,
     latest_checkpoint,
     main,
+    resume_checkpoint,
     schema_path,
     write_bundle,
 )
@@ -82,13 +87,14 @@ def _key_args(transform) -> tuple[str, dict]:
 
 
 def test_committed_bundles_equal_their_regeneration(tmp_path):
-    """The committed bundles/ folders are exactly what the components generate (edit components, not bundles)."""
+    """The committed bundles/ folders are exactly what the components generate (maintainers edit the components)."""
     problems = []
-    for method, dataset, scdl in SHIPPED:
-        name = bundle_name(method, dataset, scdl=scdl)
-        write_bundle(method, dataset, tmp_path / name, scdl=scdl)
+    for method, dataset in SHIPPED:
+        name = bundle_name(method, dataset)
+        write_bundle(method, dataset, tmp_path / name)
         problems += [f"{name}: {p}" for p in compare_bundle_dirs(tmp_path / name, REPO_ROOT / "bundles" / name)]
     assert problems == [], "run `python -m scdl_monai.bundles write-all`:\n" + "\n".join(problems)
+    assert sorted(p.name for p in (REPO_ROOT / "bundles").iterdir()) == sorted(bundle_name(m, d) for m, d in SHIPPED)
 
 
 def test_written_bundle_layout(tmp_path):
@@ -99,6 +105,7 @@ def test_written_bundle_layout(tmp_path):
         "configs/evaluate.json",
         "configs/inference.json",
         "configs/multi_gpu_train.json",
+        "configs/scdl.json",  # the SCDL plug-in, one overlay
         "configs/metadata.json",
         "configs/logging.conf",
         "docs/README.md",
@@ -111,8 +118,15 @@ def test_written_bundle_layout(tmp_path):
     assert "Apache License" in (out / "LICENSE").read_text()
     assert "not" in (out / "docs" / "data_license.txt").read_text() and "AMOS" in (out / "docs" / "data_license.txt").read_text()
     readme = (out / "docs" / "README.md").read_text()
-    for command in ("configs/train.json", "multi_gpu_train.json", "evaluate.json", "ckpt_export", "scdl_monai.inference", "--tracking mlflow"):
-        assert command in readme
+    for command in ("configs/train.json", "multi_gpu_train.json", "evaluate.json", "ckpt_export", "scdl_monai.inference",
+                    "--tracking mlflow", "'configs/train.json','configs/scdl.json'", "'configs/inference.json','configs/scdl.json'",
+                    "'configs/train.json','configs/evaluate.json','configs/scdl.json'",
+                    "'configs/train.json','configs/multi_gpu_train.json','configs/scdl.json'"):  # fmt: skip
+        assert command in readme, command
+    assert "do not edit" not in readme and "by hand" not in readme
+    supervised = write_bundle("supervised", "amos", tmp_path / "s")
+    assert not (supervised / "configs" / "scdl.json").exists()  # SCDL plugs into the semi-supervised methods
+    assert not (write_bundle("cps", "amos", tmp_path / "u", backbone="unet") / "configs" / "scdl.json").exists()
     # no file is left half-written (temporary files are renamed into place)
     assert not [p for p in out.rglob(".*") if p.name != ".gitkeep"]
 
@@ -127,10 +141,12 @@ def test_compose_merges_components_in_order():
     assert sup["method_def"]["_target_"] == "scdl_monai.methods.supervised.Supervised"
     # CPS's second network is a textual copy of network_def (an independent instance)
     assert cps["network_b_def"] == "%network_def"
-    # "+train#handlers" extended the base list instead of replacing it; nested ids reached the trainer
-    targets = [h["_target_"] for h in cps["train"]["handlers"]]
-    assert targets[:2] == ["LrScheduleHandler", "ValidationHandler"]
-    assert targets[-1] == "scdl_monai.handlers.schedules.UnsupWeightSchedule"
+    # handlers by id: "+train#handlers" extended the base list of copies (%id) instead of replacing it
+    handlers = cps["train"]["handlers"]
+    assert handlers[:2] == ["%train#lr_handler", "%train#validation_handler"]
+    assert handlers[-1] == "%train#unsup_weight_handler"
+    assert cps["train"]["unsup_weight_handler"]["_target_"] == "scdl_monai.handlers.schedules.UnsupWeightSchedule"
+    assert cps["train"]["validation_handler"]["_target_"] == "ValidationHandler"
     assert cps["train"]["trainer"]["optimizer"] == ["@optimizer", "@optimizer_b"]
     assert set(cps["checkpoint_state"]) >= {"method", "optimizer", "optimizer_b", "lr_scheduler_b", "trainer"}
     assert sup["train"]["trainer"]["unlabeled_data_loader"] is None
@@ -145,6 +161,9 @@ def test_overlays_stay_overlays():
     assert mg["train#sampler"]["even_divisible"] is True and mg["train#unlabeled_sampler"]["even_divisible"] is True
     assert mg["validate#sampler"]["even_divisible"] is False
     assert "+imports" not in mg and "initialize" in mg and "finalize" in mg
+    # multi-GPU touches only what it needs: DDP around whatever `method` is (baseline or SCDL)
+    assert mg["train#trainer#method"] == "$@method.wrap_ddp(**@ddp_kwargs)" and "method" not in mg
+    assert compose_config("multi_gpu_train", "dhc", "synapse", scdl=True) == compose_config("multi_gpu_train", "dhc", "synapse")
 
 
 def test_train_transforms_follow_the_native_protocol():
@@ -166,9 +185,10 @@ def test_train_transforms_follow_the_native_protocol():
     assert changed["Spacingd"]["pixdim"] == (1.0, 1.0, 1.0) and changed["ScaleIntensityRanged"]["window"][0] == -100.0
 
 
-@pytest.mark.parametrize("method,dataset,scdl", SHIPPED)
-def test_metadata_valid_against_vendored_schema(method, dataset, scdl, tmp_path):
-    meta = build_metadata(method, dataset, scdl=scdl)
+@pytest.mark.parametrize("method,dataset", SHIPPED)
+def test_metadata_valid_against_vendored_schema(method, dataset, tmp_path):
+    meta = build_metadata(method, dataset)
+    scdl = method in SCDL_METHODS
     path = tmp_path / "metadata.json"
     path.write_text(json.dumps(meta))
     verify_metadata(meta_file=str(path), filepath=str(schema_path()))
@@ -176,16 +196,24 @@ def test_metadata_valid_against_vendored_schema(method, dataset, scdl, tmp_path)
     assert ("network_b_data_format" in meta) == (method in ("cps", "dhc", "ga_cps"))
     assert "required_packages_version" in meta
     assert any("arxiv.org/abs/2603.05202" in r for r in meta["references"]) == scdl
-    assert meta["name"].startswith(bundle_name(method, dataset, scdl=scdl) + " ")
+    assert meta["name"].startswith(bundle_name(method, dataset) + " ")
+    # both variants are described
+    assert list(meta["variants"]) == (["baseline", "scdl"] if scdl else ["baseline"])
+    assert ("configs/scdl.json" in meta["description"]) == scdl
+    if scdl:
+        assert meta["variants"]["scdl"]["config_files"] == ["configs/train.json", "configs/scdl.json"]
 
 
-def test_every_method_is_shipped_on_both_datasets_and_scdl_on_the_papers_baselines():
-    names = {bundle_name(m, d, scdl=s) for m, d, s in SHIPPED}
-    assert {f"{m}_{d}" for m in METHODS if m not in UNSHIPPED_METHODS for d in ("synapse", "amos")} <= names
-    assert not {n for n in names if n.split("_")[0] in UNSHIPPED_METHODS}  # bundles come with the redesign
-    for m in ("genericssl", "dhc", "ga_cps", "ga_magicnet", "cps"):
-        assert {f"{m}_scdl_synapse", f"{m}_scdl_amos"} <= names
-    assert len(names) == len(SHIPPED) == 24
+def test_every_method_is_shipped_on_both_datasets_with_scdl_as_an_overlay():
+    names = {bundle_name(m, d) for m, d in SHIPPED}
+    shipped = [m for m in METHODS if m not in UNSHIPPED_METHODS]
+    assert names == {f"{m}_{d}" for m in shipped for d in ("synapse", "amos")} and len(SHIPPED) == 14
+    assert not any((REPO_ROOT / "bundles" / f"{m}_synapse").exists() for m in UNSHIPPED_METHODS)
+    # every semi-supervised bundle (the SCDL paper's baselines among them) ships configs/scdl.json
+    assert set(SCDL_METHODS) == set(shipped) - {"supervised"}
+    for m, d in SHIPPED:
+        assert (REPO_ROOT / "bundles" / f"{m}_{d}" / "configs" / "scdl.json").is_file() == (m in SCDL_METHODS)
+    assert len(VARIANTS) == 14 + 12 and not any("_scdl_" in n for n in names)
 
 
 def test_names_follow_the_method_default_protocol():
@@ -193,38 +221,46 @@ def test_names_follow_the_method_default_protocol():
         "native", "dhc", "dhc", "dhc", "ga", "ga", "ga"]  # fmt: skip
     assert bundle_name("dhc", "synapse") == bundle_name("dhc", "synapse", protocol="dhc") == "dhc_synapse"
     assert bundle_name("dhc", "amos", protocol="native") == "dhc_amos_native"
-    assert bundle_name("ga_cps", "amos", scdl=True) == "ga_cps_scdl_amos"
     assert bundle_name("cps", "synapse", backbone="unet", protocol="ga") == "cps_synapse_unet_ga"
-    assert bundle_name("cps", "synapse", protocol="ga", scdl="true") == "cps_scdl_synapse_ga"
     with pytest.raises(ValueError, match="backbone"):
         bundle_name("magicnet", "synapse", backbone="unet")
-    with pytest.raises(ValueError, match="SCDL"):
+    with pytest.raises(ValueError, match="SCDL overlay for method 'cps' with backbone 'segresnet'"):
         compose_config("train", "cps", "synapse", backbone="segresnet", scdl=True)
+    with pytest.raises(ValueError, match="not semi-supervised"):
+        compose_config("scdl", "supervised", "synapse")
     with pytest.raises(ValueError, match="scdl"):
-        bundle_name("cps", "synapse", scdl="maybe")
+        compose_config("train", "cps", "synapse", scdl="maybe")
 
 
 def test_method_and_scdl_composition_order():
     root = components_dir()
     rel = [p.relative_to(root).as_posix() for p in component_files("train", "ga_magicnet", "amos", scdl=True)]
     assert rel == ["train.json", "datasets/amos.json", "backbones/vnet.json", "protocols/ga/train.json",
-                   "methods/magicnet/train.json", "methods/ga_magicnet/train.json", "scdl/train.json"]  # fmt: skip
+                   "methods/magicnet/train.json", "methods/ga_magicnet/train.json", "scdl/scdl.json"]  # fmt: skip
+    rel = [p.relative_to(root).as_posix() for p in component_files("scdl", "dhc", "synapse")]
+    assert rel == ["scdl/scdl.json", "scdl/network_b.json"]  # network B of the two-network methods
     rel = [p.relative_to(root).as_posix() for p in component_files("multi_gpu_train", "dhc", "synapse", scdl=True)]
-    assert rel == ["multi_gpu_train.json", "scdl/multi_gpu_train.json"]
+    assert rel == ["multi_gpu_train.json"]
     ga = compose_config("train", "ga_magicnet", "synapse")
     assert ga["ga_losses"] is True and ga["max_iterations"] == 17000 and ga["poly_iterations"] == 70000
     assert ga["method_def"]["_target_"] == "scdl_monai.methods.magicnet.MagicNet"
     scdl = compose_config("inference", "dhc", "amos", scdl=True)
-    assert scdl["network"] == "$@scdl_inference_network_def.to(@device)" and scdl["n_filters"] == 32
-    assert export_network_id(True) in scdl and export_network_id(False) in scdl
+    assert scdl["network"] == "$@inference_network_def.to(@device)" and scdl["n_filters"] == 32
+    assert scdl["inference_network_def"]["networks"] == ["@network_a_def", "@network_b_def"]
+    assert scdl["network_a_def"]["_target_"] == "scdl_monai.networks.prior_injection.wrap_backbone"
+    assert export_network_id(True) == export_network_id(False) == "inference_network_def"
     # the base configs are untouched by the plug-in: same baseline keys with and without SCDL
     base = compose_config("train", "dhc", "amos")
-    # the wrapped method; the SCDL param group added to the optimizer; the networks built around their backbones
-    changed = ("method", "lr_scheduler", "network", "network_b_def")
+    # SCDL wraps by reference: the networks around `network_def`, the method around `method_def`, the
+    # optimizer around `optimizer_def`; nothing else of the baseline changes
+    changed = ("network_a_def", "network_b_def", "method", "optimizer")
     with_scdl = compose_config("train", "dhc", "amos", scdl=True)
     assert {k: v for k, v in with_scdl.items() if k in base and k not in changed} == {k: v for k, v in base.items() if k not in changed}
+    assert base["network_a_def"] == "@network_def" and with_scdl["network_a_def"]["backbone"] == "@network_def"
     assert with_scdl["network_b_def"]["backbone"] == base["network_b_def"] == "%network_def"
-    assert with_scdl["scdl_network_def"]["backbone"] == "@network_def"
+    assert base["optimizer"] == "@optimizer_def" and with_scdl["optimizer"]["optimizer"] == "@optimizer_def"
+    assert with_scdl["scdl_method_def"]["base_method"] == "@method_def" and with_scdl["method"] == "$@scdl_method_def.to(@device)"
+    assert "network_b_def" not in compose_config("scdl", "genericssl", "amos")  # one network: nothing to wrap
 
 
 def test_written_readmes_describe_the_method(tmp_path):
@@ -242,10 +278,12 @@ def test_written_readmes_describe_the_method(tmp_path):
     amos = (write_bundle("genericssl", "amos", tmp_path / "gs") / "docs" / "README.md").read_text()
     assert "AMOS is derived, not the reference" in amos and "network_def#name" not in amos
 
-    scdl = write_bundle("ga_cps", "synapse", tmp_path / "scdl", scdl=True)
+    scdl = write_bundle("ga_cps", "synapse", tmp_path / "scdl")
     text = (scdl / "docs" / "README.md").read_text()
-    assert "--method ga_cps --dataset synapse --scdl true" in text and "SCDL plug-in" in text
-    assert "ckpt_export scdl_inference_network_def" in text and "torch.jit.load('models/model.ts')" in text
+    assert "--method ga_cps --dataset synapse --out DIR" in text and "SCDL plug-in" in text
+    assert "ckpt_export inference_network_def" in text and "torch.jit.load('models/model.ts')" in text
+    assert "--meta_file configs/metadata.json --config_file \"['configs/inference.json','configs/scdl.json']\"" in text
+    assert "--checkpoint_loader#_disabled_ true" in text and "#0#" not in text
     assert '--input_shape "[1, 1, 96, 96, 96]"' in text
     assert "ckpt_export inference_network_def" in (tmp_path / "dhc" / "docs" / "README.md").read_text()
 
@@ -277,9 +315,11 @@ def test_latest_checkpoint(tmp_path):
 def test_cli_write_and_errors(tmp_path, capsys):
     assert main(["write", "--method", "supervised", "--dataset", "synapse", "--out", str(tmp_path / "b")]) == 0
     assert (tmp_path / "b" / "configs" / "train.json").is_file()
-    assert main(["write", "--method", "genericssl", "--dataset", "amos", "--scdl", "true", "--out", str(tmp_path / "s")]) == 0
-    assert "genericssl_scdl_amos" in capsys.readouterr().out
-    assert "scdl_method_def" in json.loads((tmp_path / "s" / "configs" / "train.json").read_text())
+    assert not (tmp_path / "b" / "configs" / "scdl.json").exists()
+    assert main(["write", "--method", "genericssl", "--dataset", "amos", "--out", str(tmp_path / "s")]) == 0
+    assert "genericssl_amos" in capsys.readouterr().out
+    assert "scdl_method_def" in json.loads((tmp_path / "s" / "configs" / "scdl.json").read_text())
+    assert "scdl_method_def" not in json.loads((tmp_path / "s" / "configs" / "train.json").read_text())
     assert main(["write", "--method", "nope", "--dataset", "synapse", "--out", str(tmp_path / "c")]) == 1
     assert "method" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
@@ -331,3 +371,90 @@ def test_precision_default_follows_amp(kind):
         assert config["train"]["trainer"]["precision"] == "@precision_policy" and "amp" not in config["train"]["trainer"]
     evaluator = config["validate"]["evaluator"] if kind == "train" else config["evaluator"]
     assert evaluator["amp"] is False  # autocast is the inferer's job (one place)
+
+
+@pytest.mark.parametrize("method,dataset", [c for c in SHIPPED if c[0] in SCDL_METHODS])
+def test_scdl_variant_is_monais_merge_of_the_shipped_files(method, dataset):
+    """compose_config(..., scdl=True) == what ``--config_file "['configs/<kind>.json','configs/scdl.json']"`` reads."""
+    configs = REPO_ROOT / "bundles" / bundle_name(method, dataset) / "configs"
+    for kind in ("train", "inference"):
+        merged = ConfigParser.load_config_files([str(configs / f"{kind}.json"), str(configs / "scdl.json")])
+        assert compose_config(kind, method, dataset, scdl=True) == merged, kind
+        assert compose_config(kind, method, dataset) == json.loads((configs / f"{kind}.json").read_text()), kind
+    assert compose_config("scdl", method, dataset) == json.loads((configs / "scdl.json").read_text())
+
+
+def test_overlays_compose_in_either_order():
+    """scdl.json wraps by reference and multi_gpu_train.json / evaluate.json touch other ids: no overlay clobbers another."""
+    configs = REPO_ROOT / "bundles" / "dhc_synapse" / "configs"
+
+    def read(*names):
+        return ConfigParser.load_config_files([str(configs / n) for n in names])
+
+    for overlay in ("evaluate.json", "multi_gpu_train.json", "dhc_distdw_distdw.json"):
+        assert read("train.json", overlay, "scdl.json") == read("train.json", "scdl.json", overlay), overlay
+    with_all = read("train.json", "multi_gpu_train.json", "scdl.json")
+    assert with_all["train"]["trainer"]["method"] == "$@method.wrap_ddp(**@ddp_kwargs)"
+    assert with_all["method"] == "$@scdl_method_def.to(@device)"  # DDP wraps the SCDL method
+
+
+def _shipped_json_and_docs():
+    files = sorted((REPO_ROOT / "bundles").rglob("*.json")) + sorted(components_dir().rglob("*.json"))
+    return files, sorted((REPO_ROOT / "bundles").rglob("README.md")) + sorted(components_dir().rglob("README.md"))
+
+
+def test_shipped_configs_address_handlers_by_id_and_hold_no_lambdas():
+    """Config hygiene: no handler addressed by list position, no Python lambda, no string-to-bool parsing."""
+    configs, docs = _shipped_json_and_docs()
+    assert len(configs) > 100 and docs
+    position = re.compile(r"handlers#\d")
+    for path in configs + docs:
+        text = path.read_text()
+        assert not position.search(text), f"{path}: a handler addressed by list position"
+    for path in configs:
+        text = path.read_text()
+        assert "lambda" not in text, f"{path}: a Python lambda in a config"
+        assert ".lower() in (" not in text, f"{path}: string-to-bool parsing in a config"
+    # the position-free ids exist: every entry of a handler list is a copy (%id) of a handler defined by id
+    train = compose_config("train", "dhc", "synapse")
+    for section in ("train", "validate"):
+        for entry in train[section]["handlers"]:
+            assert entry.startswith(f"%{section}#") and "_target_" in train[section][entry.rsplit("#", 1)[1]], entry
+    inference = compose_config("inference", "dhc", "synapse")
+    assert inference["handlers"] == ["%checkpoint_loader", "%stats_handler"]
+
+
+def test_handler_ids_configure_and_switch_off_handlers(tmp_path):
+    """An override of a handler's id reaches the handler instance; ``_disabled_`` drops it from the list."""
+    parser = ConfigParser(compose_config("train", "cps", "synapse"))
+    parser.update({"n_filters": 4, "bundle_root": str(tmp_path), "val_interval": None,  # no validation handler
+                   "validate#dataset#data": [], "num_workers": 0, "train#lr_handler#print_lr": True,
+                   "train#tensorboard_handler#_disabled_": True})  # fmt: skip
+    handlers = parser.get_parsed_content("train#handlers")
+    names = [type(h).__name__ for h in handlers]
+    assert "TensorBoardStatsHandler" not in names and "ValidationHandler" not in names and names.count("LrScheduleHandler") == 2
+    assert handlers[0].print_lr is True and handlers[names.index("LrScheduleHandler", 1)].print_lr is False
+
+
+def test_resume_checkpoint(tmp_path):
+    assert resume_checkpoint(tmp_path, False) == resume_checkpoint(tmp_path, "false") == ""
+    assert resume_checkpoint(tmp_path, "true").endswith("checkpoint*.pt")  # the pattern: the start-up check reports it
+    torch.save({"epoch": 1}, tmp_path / "checkpoint_epoch=1.pt")
+    assert resume_checkpoint(tmp_path, True) == str(tmp_path / "checkpoint_epoch=1.pt")
+    with pytest.raises(ValueError, match="resume` must be true or false, got 'sometimes'"):
+        resume_checkpoint(tmp_path, "sometimes")
+
+
+def test_bundle_components_are_package_data():
+    """Every component file is matched by setup.cfg's package_data, so ``write`` works from a non-editable install."""
+    import configparser
+    from pathlib import PurePosixPath
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO_ROOT / "setup.cfg")
+    patterns = [p.strip() for p in cfg["options.package_data"]["scdl_monai"].split("\n") if p.strip()]
+    package = REPO_ROOT / "scdl_monai"
+    files = [p.relative_to(package).as_posix() for p in components_dir().rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert len(files) > 30 and components_dir() == package / "resources" / "bundle_components"
+    missed = [f for f in files if not any(PurePosixPath(f).match(p) and f.count("/") == p.count("/") for p in patterns)]
+    assert missed == [], f"add these to [options.package_data] in setup.cfg: {missed}"

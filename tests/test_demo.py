@@ -1,12 +1,14 @@
 """scdl_monai.demo end to end on the shipped real CT samples, shortened to 1 epoch and 4 filters.
 
-This is the README's first command with fewer epochs (the full demo trains 40); it runs in the
+This is the README's first command (CPS + SCDL) with fewer epochs (the full demo trains 80); it runs in the
 default suite because every stage (bundle write-out, monai.bundle training on real CT with an
 unlabeled stream, inference back to the original grid, evaluation, overlay) is exercised.
 """
 
 import csv
 import json
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -34,6 +36,21 @@ def test_demo_writes_metrics_prediction_and_overlay(samples_dir, tmp_path):
 
     assert paths["overlay"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (paths["bundle"] / "models" / "model.pt").is_file()
+
+    # the trained bundle is the SCDL variant itself (scdl.json baked in) and records the demo's sizes
+    configs = paths["bundle"] / "configs"
+    train, inference = (json.loads((configs / f"{k}.json").read_text()) for k in ("train", "inference"))
+    assert not (configs / "scdl.json").exists()
+    assert "scdl_method_def" in train and inference["n_filters"] == 4 and inference["pixdim"] == [3.0, 3.0, 3.0]
+    # the plain command the demo prints segments another patient's real CT (the chest CT crop, LPS 1.5 mm)
+    other = samples_dir / DEMO_CASES["unlabeled"][1]["image"]
+    out = tmp_path / "other_seg.nii.gz"
+    proc = subprocess.run([sys.executable, "-m", "scdl_monai.inference", "--input", str(other), "--bundle",
+                           str(paths["bundle"]), "--output", str(out)], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seg, ct = nib.load(str(out)), nib.load(str(other))
+    assert seg.shape == ct.shape and np.allclose(seg.affine, ct.affine)
+    assert int(np.asanyarray(seg.dataobj).max()) <= 13
 
 
 def test_demo_roles_keep_evaluation_labels_out_of_training(samples_dir, tmp_path):

@@ -10,7 +10,7 @@ from monai.bundle import ConfigParser
 from monai.data.utils import dense_patch_slices
 from torch import nn
 
-from scdl_monai.bundles import METHODS, SHIPPED, bundle_name
+from scdl_monai.bundles import METHODS, VARIANTS, bundle_name
 from scdl_monai.fidelity import INFERENCE, markdown_table, reference_overlap
 from scdl_monai.methods.base import LogitMean
 from scdl_monai.precision import PolicyInferer
@@ -39,16 +39,17 @@ def test_every_method_has_a_record_and_the_known_reference_strides():
     assert reference_overlap("genericssl") == (Fraction(7, 8), Fraction(7, 8), Fraction(15, 16))
 
 
-@pytest.mark.parametrize("method,dataset,scdl", SHIPPED, ids=[bundle_name(*c[:2], scdl=c[2]) for c in SHIPPED])
+@pytest.mark.parametrize("method,dataset,scdl", VARIANTS, ids=[bundle_name(*c[:2]) + ("+scdl" if c[2] else "") for c in VARIANTS])
 def test_shipped_bundle_inferer_equals_the_reference(method, dataset, scdl):
     rec = INFERENCE[method]
-    name = bundle_name(method, dataset, scdl=scdl)
+    name = bundle_name(method, dataset)
+    plugin = ("scdl.json",) if scdl else ()
     for files, inferer_id, post_id in (
         (("inference.json",), "inferer", "postprocessing#transforms#0"),
         (("train.json",), "validate#inferer", "validate#postprocessing#transforms#0"),
         (("train.json", "evaluate.json"), "validate#inferer", "validate#postprocessing#transforms#0"),
     ):
-        parser = _parser(name, *files)
+        parser = _parser(name, *files, *plugin)
         inferer = parser.get_parsed_content(inferer_id)
         assert isinstance(inferer, PolicyInferer)
         requested = inferer.requested_overlap

@@ -1,6 +1,8 @@
 """scdl_monai.inference: NIfTI (non-RAS) and DICOM inputs -> label maps in the input's own grid."""
 
+import json
 import os
+import shutil
 
 import itk
 import nibabel as nib
@@ -10,7 +12,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from scdl_monai.bundles import write_bundle
-from scdl_monai.inference import detect_reader, main, predict
+from scdl_monai.inference import detect_reader, main, parse_overrides, predict
 
 SMALL = {"n_filters": 4, "patch_size": [32, 32, 32]}
 
@@ -110,3 +112,76 @@ def test_errors_and_cli(bundle, tmp_path, capsys):
         predict([tmp_path / "a.nii.gz", tmp_path / "a.nii.gz"], bundle, tmp_path / "o.nii.gz")
     assert main(["--input", str(tmp_path / "missing.nii.gz"), "--bundle", str(bundle), "--output", str(tmp_path / "o")]) == 1
     assert "input not found" in capsys.readouterr().err
+
+
+def test_parse_overrides_reads_json_else_strings():
+    assert parse_overrides(["n_filters=4", "patch_size=[64,64,32]", "network_def#name=unet", "amp=false", "x= a=b"]) == {
+        "n_filters": 4, "patch_size": [64, 64, 32], "network_def#name": "unet", "amp": False, "x": " a=b"}  # fmt: skip
+    assert parse_overrides("sw_overlap=0.5") == {"sw_overlap": 0.5} and parse_overrides(None) == {}
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_overrides(["n_filters"])
+
+
+def test_mismatch_names_the_fitting_values_and_overrides_fix_it(tmp_path, capsys):
+    """Weights of a 4-filter, 3-class VNet pair (then of a UNet pair); the config on disk says a VNet, 32 filters, 14 classes."""
+    root = write_bundle("cps", "synapse", tmp_path / "cps", protocol="native")
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser.update({**SMALL, "num_classes": 3})
+    torch.save(parser.get_parsed_content("inference_network_def").state_dict(), root / "models" / "model.pt")
+    nib.save(nib.Nifti1Image(_ct((20, 20, 8)), np.eye(4)), str(tmp_path / "a.nii.gz"))
+    args = ["--input", str(tmp_path / "a.nii.gz"), "--bundle", str(root), "--output", str(tmp_path / "o.nii.gz"), "--progress", "false"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"error: cannot start the inference: ckpt='{root / 'models' / 'model.pt'}' was trained with n_filters=4, "
+                   "num_classes=3 but the config has n_filters=32, num_classes=14: pass --override n_filters=4 --override num_classes=3")  # fmt: skip
+    # another backbone: the tensor names differ, the other backbones are tried
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser.update({**SMALL, "network_def#name": "unet"})
+    torch.save(parser.get_parsed_content("inference_network_def").state_dict(), root / "models" / "model.pt")
+    assert main(args) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "was trained with network_def#name=unet, n_filters=4 but the config has network_def#name=vnet, n_filters=32: "
+        "pass --override network_def#name=unet --override n_filters=4")  # fmt: skip
+    assert main([*args, "--override", "n_filtres=4"]) == 1
+    assert capsys.readouterr().err.strip().endswith("has no such key; did you mean 'n_filters'?")
+    assert main([*args, "--override", "n_filters=4", "--override=network_def#name=unet", "--override", "patch_size=[32,32,32]"]) == 0
+    assert nib.load(str(tmp_path / "o.nii.gz")).shape == (20, 20, 8)
+
+
+def test_a_short_run_with_overrides_leaves_a_bundle_that_plain_inference_runs(samples_dir, tmp_path):
+    """Train shorter than ``val_interval`` with command-line style overrides, then segment a real CT
+    with the plain CLI and the plain ``monai.bundle run``: no override of any hyper-parameter."""
+    from monai.bundle import ConfigWorkflow
+    from monai.bundle.scripts import run
+
+    from scdl_monai.data.phantom import generate_phantom
+
+    datalist = generate_phantom(tmp_path / "data", num_cases=5, shape=(32, 32, 32), seed=1, labeled_fraction=0.5,
+                                num_validation=1, num_test=0)  # fmt: skip
+    bundle = write_bundle("cps", "synapse", tmp_path / "bundle", protocol="native")
+    trained = {"n_filters": 4, "patch_size": [16, 16, 16], "pixdim": [4.0, 4.0, 4.0], "sw_overlap": [0.25, 0.25, 0.25]}
+    runtime = {"num_workers": 0, "cache_rate": 0.0, "batch_size": 1, "unlabeled_batch_size": 1, "amp": False,
+               "device": "cpu", "val_interval": 5, "train#trainer#max_epochs": 1, "train#trainer#epoch_length": 1}  # fmt: skip
+    train = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), logging_file=False, workflow_type="train",
+                           bundle_root=str(bundle), datalist=str(datalist), **trained, **runtime)  # fmt: skip
+    train.initialize()
+    train.run()
+    train.finalize()
+    assert train.parser.get_parsed_content("validate#evaluator").state.iteration == 0  # no validation ran
+    assert (bundle / "models" / "model.pt").is_file()  # the final weights
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert {k: inference[k] for k in trained} == trained
+    evaluate = json.loads((bundle / "configs" / "evaluate.json").read_text())
+    assert {k: evaluate[k] for k in trained} == trained and "device" not in evaluate
+
+    ct = tmp_path / "ct" / "case.nii.gz"
+    ct.parent.mkdir()
+    shutil.copyfile(samples_dir / "case_a_top30_slices" / "example_ct_sm.nii.gz", ct)
+    assert main(["--input", str(ct), "--bundle", str(bundle), "--output", str(tmp_path / "seg.nii.gz"), "--progress", "false"]) == 0
+    run(config_file=str(bundle / "configs" / "inference.json"), logging_file=False, bundle_root=str(bundle),
+        dataset_dir=str(ct.parent), output_dir=str(tmp_path / "monai"))  # fmt: skip
+    source, cli, plain = (nib.load(str(p)) for p in (ct, tmp_path / "seg.nii.gz", tmp_path / "monai" / "case_seg.nii.gz"))
+    assert cli.shape == source.shape and np.allclose(cli.affine, source.affine)
+    np.testing.assert_array_equal(np.asanyarray(cli.dataobj), np.asanyarray(plain.dataobj))

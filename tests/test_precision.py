@@ -111,8 +111,11 @@ def test_names_errors_and_coercion():
     assert PrecisionPolicy.from_amp(True, None, device="cuda").precision == "fp16"
     with pytest.raises(ValueError, match="precision must be one of .* got 'fp8'"):
         PrecisionPolicy("fp8")
-    with pytest.raises(ValueError, match="channels_last must be true or false, got 'yes'"):
-        PrecisionPolicy(channels_last="yes")
+    # the command-line spelling of a bool (`--channels_last true` arrives as a string) is accepted
+    assert PrecisionPolicy(channels_last="true").channels_last is True
+    assert PrecisionPolicy(channels_last="False").channels_last is False
+    with pytest.raises(ValueError, match="channels_last` must be true or false, got 'maybe'"):
+        PrecisionPolicy(channels_last="maybe")
     with pytest.raises(ValueError, match="spatial_dims must be 1, 2, 3 or null, got 4"):
         PrecisionPolicy(spatial_dims=4)
     with pytest.raises(ValueError, match="device must be a torch device"):

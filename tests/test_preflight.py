@@ -18,8 +18,10 @@ from scdl_monai.preflight import (
     check_num_classes,
     check_splits,
     check_training,
+    check_protocol,
     check_writable,
     shape_factor,
+    shape_hyperparameters,
 )
 
 
@@ -70,6 +72,31 @@ def test_checkpoint_fit(tmp_path):
     assert check_checkpoint(tmp_path / "junk.pt", {"m": other}) == [
         f"checkpoint='{tmp_path / 'junk.pt'}' cannot be read as a PyTorch checkpoint (UnpicklingError: not a complete torch.save file)"
     ]
+
+
+def _shapes(net):
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "trained,config",
+    [
+        (VNet(3, 2, 3, n_filters=4), {"n_filters": 8, "num_classes": 14, "network_def#in_channels": 1}),
+        # MONAI UNet: the last layer of a 2-level UNet without residual units is a transposed convolution
+        (UNet(3, 2, 3, channels=(4, 8), strides=(2,)), {"n_filters": 8, "num_classes": 14, "network_def#in_channels": 1}),
+    ],
+)
+def test_shape_hyperparameters_reads_width_classes_and_input_channels(trained, config):
+    n, c, i = config["n_filters"], config["num_classes"], config["network_def#in_channels"]
+    model = VNet(3, i, c, n_filters=n) if isinstance(trained, VNet) else UNet(3, i, c, channels=(n, 2 * n), strides=(2,))
+    assert shape_hyperparameters(_shapes(trained), _shapes(model), config) == {"n_filters": 4, "num_classes": 3, "network_def#in_channels": 2}
+    assert shape_hyperparameters(_shapes(trained), _shapes(model), {"num_classes": c}) == {"num_classes": 3}  # only what is asked
+    assert shape_hyperparameters({"other.weight": (4, 1, 3, 3, 3)}, _shapes(model), config) == {}  # no tensor in common
+
+
+def test_protocol_must_be_known():
+    assert check_protocol(None) == [] and check_protocol("DHC") == []
+    assert check_protocol("dhcc") == ["protocol='dhcc' is not valid: did you mean 'dhc'? available: dhc, ga, native"]
 
 
 def test_splits_and_orientation_aware_resampled_shape(tmp_path):

@@ -7,10 +7,11 @@ written out here instead of being read from that file.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+
+from scdl_monai.data.utils import UnknownNameError, did_you_mean
 
 
 __all__ = [
@@ -132,28 +133,17 @@ AMOS = DatasetSpec(
 DATASETS: dict[str, DatasetSpec] = {"synapse": SYNAPSE, "amos": AMOS}
 
 
-def did_you_mean(value: str, choices: list[str]) -> str:
-    """Error-message tail ``"did you mean 'x'? available: a, b"`` (difflib closest match).
-
-    Plain ``difflib`` instead of ``monai.utils.look_up_option`` keeps ``import`` of the data CLI
-    free of torch, so ``python -m scdl_monai.data datalist|verify`` starts in well under a second.
-    """
-    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"{hint}available: {', '.join(choices)}"
-
-
 def get_dataset(name: str) -> DatasetSpec:
     """Return the :class:`DatasetSpec` called ``name`` (case-insensitive).
 
     Raises:
-        ValueError: for an unknown name, with a did-you-mean suggestion.
+        UnknownNameError: (a ValueError) for an unknown name, with a did-you-mean suggestion.
     """
     if isinstance(name, DatasetSpec):
         return name
     key = str(name).lower()
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; " + did_you_mean(key, list(DATASETS)))
+        raise UnknownNameError("dataset", name, DATASETS, message=f"unknown dataset {name!r}; " + did_you_mean(key, DATASETS))
     return DATASETS[key]
 
 

@@ -38,7 +38,8 @@ class EMATeacherUpdate:
 
     Example (bundle config)::
 
-        "train": {"handlers": [{"_target_": "scdl_monai.handlers.ema.EMATeacherUpdate", "method": "@method"}, ...]}
+        "train#ema_teacher_handler": {"_target_": "scdl_monai.handlers.ema.EMATeacherUpdate", "method": "@method"},
+        "+train#handlers": ["%train#ema_teacher_handler"]
     """
 
     def __init__(self, method) -> None:

@@ -164,8 +164,8 @@ class SemiSupervisedMethod(nn.Module):
         """Wrap every network with ``torch.nn.parallel.DistributedDataParallel`` for training.
 
         Call after ``.to(device)`` and ``torch.distributed.init_process_group``; typical config
-        (multi-GPU overlay): ``"method": "$@method_def.to(@device).wrap_ddp(device_ids=[@device])"``
-        (omit ``device_ids`` on CPU/gloo). The registered sub-modules stay unwrapped, so
+        (multi-GPU overlay): ``"train#trainer#method": "$@method.wrap_ddp(device_ids=[@device])"``
+        (omit ``device_ids`` on CPU/gloo; ``method`` is already on its device). The registered sub-modules stay unwrapped, so
         checkpoints, :meth:`networks` and :meth:`inference_network` are unchanged.
 
         Args:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from scdl_monai.data.utils import look_up
 from scdl_monai.methods.base import LabelHistogramInit, MethodOutput, check_num_classes, plain_tensor
 from scdl_monai.methods.cps import CPS
 from scdl_monai.weighting import DiffDW, DistDW
@@ -142,12 +143,9 @@ class DHC(CPS, LabelHistogramInit):
             raise TypeError(
                 f"DHC: {key} must be one of {WEIGHTINGS} or a DiffDW/DistDW module, got {type(spec).__name__}."
             )
-        name = spec.lower()
-        if name == "distdw":
+        if look_up(spec, WEIGHTINGS, key, "DHC") == "distdw":
             return DistDW(self.num_classes, momentum=distdw_momentum)
-        if name == "diffdw":
-            return DiffDW(self.num_classes, momentum=diffdw_momentum, alpha=diffdw_alpha, normalize=True)
-        raise ValueError(f"DHC: {key} must be one of {WEIGHTINGS} or a DiffDW/DistDW module, got {spec!r}.")
+        return DiffDW(self.num_classes, momentum=diffdw_momentum, alpha=diffdw_alpha, normalize=True)
 
     # ------------------------------------------------------------------ trackers
     def trackers(self) -> dict[str, nn.Module]:

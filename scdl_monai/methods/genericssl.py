@@ -15,7 +15,7 @@ command (``bash train.sh ... -l 1e-2 -w 10 -n 300``); the script's argparse defa
 ``range(max_epoch + 1)``, i.e. 301 epochs for ``-n 300`` (the last one at the poly floor); the
 bundle trains ``max_epochs = 300``. Validation every epoch with D_θ; early stop after 100 epochs
 without improvement. No AMOS configuration exists upstream: the AMOS bundle is the Synapse one
-with C = 16 (``bundles/_components/methods/genericssl`` is dataset-agnostic).
+with C = 16 (the ``methods/genericssl`` bundle component is dataset-agnostic).
 """
 
 from __future__ import annotations

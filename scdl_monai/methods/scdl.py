@@ -4,7 +4,7 @@
 GenericSSL) instead of forking it. The baseline is built as usual, except that the networks that
 should carry SCDL are built around their backbones as
 :class:`~scdl_monai.networks.prior_injection.SCDLNetwork` (in a bundle:
-``scdl_monai.networks.prior_injection.wrap_backbone`` in ``scdl/train.json``); copies the
+``scdl_monai.networks.prior_injection.wrap_backbone`` in the bundles' ``configs/scdl.json``); copies the
 baseline makes of them (MagicNet's EMA teacher) are therefore copies of the wrapper. Every step
 :class:`SCDLMethod` delegates to ``base.train_step`` while the wrappers record their training
 decodings (:func:`~scdl_monai.networks.prior_injection.scdl_record`), then adds

@@ -42,10 +42,9 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from monai.networks.nets import SegResNet, UNet
-from monai.utils import look_up_option
 from torch import nn
 
-from scdl_monai.data.utils import check_number
+from scdl_monai.data.utils import check_number, look_up
 from scdl_monai.networks.vnet import VNet, initialize_weights
 
 __all__ = ["BACKBONES", "UNET_DEFAULTS", "build_backbone"]
@@ -143,16 +142,15 @@ def build_backbone(
         A module with ``forward(x (B, in_channels, *spatial)) -> logits (B, out_channels, *spatial)``.
 
     Raises:
-        ValueError: unknown ``name`` (with a did-you-mean suggestion), ``n_filters`` given together
+        ValueError: unknown ``name`` (:class:`~scdl_monai.data.utils.UnknownNameError`, with a
+            did-you-mean suggestion), ``n_filters`` given together
             with ``channels``/``init_filters``, or an invalid VNet argument.
         TypeError: a keyword the chosen network does not accept (the message names the backbone).
 
     Example:
         >>> net = build_backbone("unet", out_channels=14, n_filters=8)
     """
-    if not isinstance(name, str):
-        raise TypeError(f"build_backbone: `name` must be a string from {BACKBONES}, got {name!r}.")
-    key = look_up_option(name.lower(), BACKBONES)
+    key = look_up(name, BACKBONES, "name", "build_backbone", type_error=TypeError)
     init = kwargs.pop("init", None) if key != "vnet" else None
     try:
         net = _BUILDERS[key](spatial_dims, in_channels, out_channels, **kwargs)

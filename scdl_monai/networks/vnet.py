@@ -32,7 +32,6 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from monai.networks.layers.factories import Act, Conv, Dropout, Norm
-from monai.utils import look_up_option
 from torch import nn
 
 from scdl_monai.data.utils import check_number, look_up
@@ -215,9 +214,7 @@ class VNet(nn.Module):
         if not isinstance(dropout_prob, (int, float)) or not 0.0 <= float(dropout_prob) <= 1.0:
             raise ValueError(f"VNet: `dropout_prob` must be a float in [0, 1], got {dropout_prob!r}.")
         if init is not None:
-            if not isinstance(init, str):
-                raise ValueError(f"VNet: `init` must be one of {INIT_SCHEMES} or None, got {init!r}.")
-            init = look_up_option(init.lower(), INIT_SCHEMES)
+            init = look_up(init, INIT_SCHEMES, "init", "VNet")
 
         widths = tuple(n_filters * 2**i for i in range(len(_ENCODER_UNITS)))
         if norm == "group":

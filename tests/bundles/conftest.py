@@ -1,7 +1,6 @@
-"""Shared scaffolding of the bundle smoke tests: a tiny fake Synapse dataset, the component files of
-a composed bundle (exactly :func:`scdl_monai.bundles.component_files`, i.e. what the shipped bundle
-folders contain), tiny overrides, and :class:`monai.bundle.ConfigWorkflow` helpers (initialise,
-train, run, torchrun)."""
+"""Shared scaffolding of the bundle smoke tests: a tiny fake Synapse dataset, the config files of a
+shipped bundle (``bundles/<method>_<dataset>/configs``, with or without ``scdl.json``), tiny
+overrides, and :class:`monai.bundle.ConfigWorkflow` helpers (initialise, train, run, torchrun)."""
 
 import json
 import os
@@ -16,7 +15,8 @@ from monai.bundle import ConfigWorkflow
 
 from scdl_monai import bundles
 
-COMPONENTS = Path(__file__).resolve().parents[2] / "bundles" / "_components"
+BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+LOGGING_CONF = str(bundles.components_dir() / "logging.conf")
 SYNAPSE_CLASSES = 14
 FAKE_SHAPE = (24, 24, 20)
 #: 2 labeled, 2 unlabeled, 2 validation (one per DDP rank), 1 test
@@ -52,11 +52,11 @@ def write_nifti(path, array, dtype) -> str:
     return str(path)
 
 
-def write_fake_synapse(root: Path, roles=DEFAULT_ROLES, metadata_method: str = "cps", seed: int = 0, scdl: bool = False) -> Path:
+def write_fake_synapse(root: Path, roles=DEFAULT_ROLES, metadata_method: str = "cps", seed: int = 0) -> Path:
     """Random images with one small box per organ (every class present) and a datalist.
 
     ``roles[i]`` names the datalist key(s) of case ``i``; ``"validation,test"`` puts the case in both.
-    ``metadata_method`` / ``scdl`` pick the metadata.json of that bundle (its network I/O).
+    ``metadata_method`` picks the metadata.json of that bundle (its network I/O; the same with SCDL).
     """
     rng = np.random.default_rng(seed)
     entries: dict = {}
@@ -72,22 +72,22 @@ def write_fake_synapse(root: Path, roles=DEFAULT_ROLES, metadata_method: str = "
         for key in role.split(","):
             entries.setdefault(key, []).append(item)
     (root / "datalist.json").write_text(json.dumps(entries))
-    (root / "metadata.json").write_text(json.dumps(bundles.build_metadata(metadata_method, "synapse", scdl=scdl)))
+    (root / "metadata.json").write_text(json.dumps(bundles.build_metadata(metadata_method, "synapse")))
     return root
 
 
-def config_files(kind, method, *overlays, dataset="synapse", scdl=False, protocol=None) -> list:
-    """The files of bundle config ``kind`` as the generator composes them, then ``overlays``.
+def config_files(kind, method, *overlays, dataset="synapse", scdl=False) -> list:
+    """The ``--config_file`` list of a shipped bundle: ``configs/<kind>.json``, then ``overlays``, then ``scdl.json``.
 
-    ``kind="evaluate"`` / ``"multi_gpu_train"``: the train files followed by that overlay's files
-    (how ``--config_file "['configs/train.json','configs/evaluate.json']"`` reads them). ``overlays``
-    are paths relative to ``bundles/_components`` (e.g. ``"methods/dhc/dhc_distdw_distdw.json"``).
+    ``kind="evaluate"`` / ``"multi_gpu_train"``: ``train.json`` followed by that overlay (how
+    ``--config_file "['configs/train.json','configs/evaluate.json']"`` reads them). ``overlays`` are
+    file names in the bundle's ``configs/`` (e.g. ``"dhc_distdw_distdw.json"``); ``scdl=True`` adds
+    ``scdl.json`` last.
     """
-    base = "train" if kind in ("evaluate", "multi_gpu_train") else kind
-    files = bundles.component_files(base, method, dataset, root=COMPONENTS, protocol=protocol, scdl=scdl)
-    if kind != base:
-        files += bundles.component_files(kind, method, dataset, root=COMPONENTS, protocol=protocol, scdl=scdl)
-    return [str(f) for f in files] + [str(COMPONENTS / o) for o in overlays]
+    configs = BUNDLES / bundles.bundle_name(method, dataset) / "configs"
+    names = (["train.json"] if kind in ("evaluate", "multi_gpu_train") else []) + [f"{kind}.json", *overlays]
+    names += ["scdl.json"] if scdl else []
+    return [str(configs / n) for n in names]
 
 
 def bundle_workflow(config_file, dataset, bundle_root, workflow_type="train", **overrides) -> ConfigWorkflow:
@@ -96,7 +96,7 @@ def bundle_workflow(config_file, dataset, bundle_root, workflow_type="train", **
         config_file=config_file,
         workflow_type=workflow_type,
         meta_file=str(dataset / "metadata.json"),
-        logging_file=str(COMPONENTS / "logging.conf"),
+        logging_file=LOGGING_CONF,
         bundle_root=str(bundle_root),
         **overrides,
     )
@@ -141,7 +141,7 @@ def run_torchrun(config_files, dataset, bundle_root, overrides, timeout=180):
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
            "run", "--config_file", json.dumps(list(config_files)), "--meta_file", str(dataset / "metadata.json"),
-           "--logging_file", str(COMPONENTS / "logging.conf"), "--bundle_root", str(bundle_root),
+           "--logging_file", LOGGING_CONF, "--bundle_root", str(bundle_root),
            "--dataset_dir", str(dataset)]  # fmt: skip
     for key, value in overrides.items():
         cmd += [f"--{key}", str(value) if isinstance(value, bool) else json.dumps(value)]  # fire: True/False

@@ -1,9 +1,11 @@
-"""Bundles through MONAI's command line: components from the repository root, a written-out bundle
-from an unrelated directory, a one-override backbone swap, and the ``--tracking mlflow`` patch."""
+"""Bundles through MONAI's command line: a copy of a shipped bundle run from an unrelated directory
+without the generator's components (baseline with a one-override backbone swap, and with
+``configs/scdl.json``), and the ``--tracking mlflow`` patch."""
 
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +13,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
+import scdl_monai
 from scdl_monai.bundles import write_bundle
 from scdl_monai.data.phantom import generate_phantom
 
@@ -29,26 +32,20 @@ def datalist(tmp_path_factory):
 
 
 def _run(args, cwd, timeout=240):
+    """``python -m monai.bundle run ARGS`` in ``cwd`` with only the scdl_monai package importable (no bundle
+    folder on PYTHONPATH) and the generator's components out of reach (``SCDL_MONAI_COMPONENTS`` points nowhere)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(scdl_monai.__file__))  # the package, as an install provides it
+    env["SCDL_MONAI_COMPONENTS"] = os.path.join(str(cwd), "no_components_here")
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
-def test_components_run_from_repository_root(datalist, tmp_path):
-    comp = "bundles/_components"
-    files = f"['{comp}/train.json','{comp}/datasets/synapse.json','{comp}/backbones/vnet.json','{comp}/methods/supervised/train.json']"
-    _run(
-        ["--config_file", files, "--meta_file", "bundles/supervised_synapse/configs/metadata.json",
-         "--logging_file", f"{comp}/logging.conf", "--bundle_root", str(tmp_path), "--datalist", str(datalist), *TINY],
-        cwd=REPO_ROOT,
-    )  # fmt: skip
-    assert (tmp_path / "models" / "model.pt").is_file()
-
-
-def test_written_bundle_runs_from_any_directory_and_swaps_backbone(datalist, tmp_path):
-    bundle = write_bundle("cps", "synapse", tmp_path / "shared" / "cps_synapse")
+def test_bundle_copy_runs_from_any_directory_and_swaps_backbone(datalist, tmp_path):
+    bundle = tmp_path / "shared" / "cps_synapse"
+    shutil.copytree(REPO_ROOT / "bundles" / "cps_synapse", bundle)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     _run(
@@ -61,6 +58,19 @@ def test_written_bundle_runs_from_any_directory_and_swaps_backbone(datalist, tmp
     assert any(k.startswith("network_a.model.") for k in state) and any(k.startswith("network_b.model.") for k in state)
     assert not any("encoder_stages" in k for k in state)
     assert list(elsewhere.iterdir()) == []  # everything went to bundle_root
+
+
+def test_bundle_copy_runs_with_the_scdl_overlay_from_any_directory(datalist, tmp_path):
+    bundle = tmp_path / "ga_cps_synapse"
+    shutil.copytree(REPO_ROOT / "bundles" / "ga_cps_synapse", bundle)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    files = f"['{bundle}/configs/train.json','{bundle}/configs/scdl.json']"
+    _run(["--config_file", files, "--bundle_root", str(bundle), "--datalist", str(datalist), *TINY,
+          "--resize_grid", "[32,32,32]", "--scdl_block#z_dim", "8", "--scdl_block#num_proxy_samples", "3"], cwd=elsewhere)  # fmt: skip
+    state = torch.load(bundle / "models" / "checkpoint_final.pt", weights_only=True)["method"]
+    assert any(k.startswith("base.network_a.scdl.") for k in state) and any(k.startswith("base.network_b.scdl.") for k in state)
+    assert (bundle / "models" / "model.pt").is_file() and list(elsewhere.iterdir()) == []
 
 
 def test_tracking_mlflow_adds_handlers(datalist, tmp_path):

@@ -1,7 +1,6 @@
-"""Smoke tests of the DHC bundle (bundles/_components/methods/dhc, "dhc" protocol) on fake NIfTI data.
+"""Smoke tests of the DHC bundle (``bundles/dhc_synapse``, "dhc" protocol) on fake NIfTI data.
 
-The configs are composed exactly as the shipped ``dhc_synapse`` bundle (``scdl_monai.bundles``;
-base, dataset, backbone, protocol, method[, ablation overlay]) and run with MONAI's
+The shipped configs (``configs/train.json`` [+ an ablation overlay]) run with MONAI's
 ``ConfigWorkflow`` on CPU with tiny networks: train (with resume), evaluate, the Table 3 ablation
 overlays, inference with the trained ``models/model.pt``, and two-process DDP.
 """
@@ -33,7 +32,7 @@ def dataset(tmp_path_factory):
 
 
 def files(kind, *ablation):
-    return config_files(kind, "dhc", *[f"methods/dhc/{a}" for a in ablation])
+    return config_files(kind, "dhc", *ablation)
 
 
 def train(bundle_root, dataset, *ablation, on_first_iteration=None, **overrides):
@@ -88,7 +87,7 @@ def test_table3_ablations_are_config_only(tmp_path, dataset, overlay, types):
     method = workflow.parser.get_parsed_content("method")
     assert (type(method.weighting_a), type(method.weighting_b)) == types
     name = overlay[:-5]
-    assert workflow.parser.get_parsed_content("method_name") == name
+    assert workflow.parser.get_parsed_content("ckpt_dir").endswith(f"/models_{name}")
     assert (tmp_path / f"models_{name}" / "checkpoint_final.pt").exists()
     assert all(torch.isfinite(w).all() for w in method.tracker_weights().values())
 

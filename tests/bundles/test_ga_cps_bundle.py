@@ -1,4 +1,4 @@
-"""Smoke tests of the GA-CPS bundle (bundles/_components/methods/ga_cps, "ga" protocol) on fake NIfTI data.
+"""Smoke tests of the GA-CPS bundle (``bundles/ga_cps_synapse``, "ga" protocol) on fake NIfTI data.
 
 Configs are composed exactly as the shipped ``ga_cps_synapse`` bundle (``scdl_monai.bundles``) and
 run with MONAI's ``ConfigWorkflow`` on CPU with tiny networks: train (checking the per-iteration

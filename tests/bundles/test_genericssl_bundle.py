@@ -1,4 +1,4 @@
-"""Smoke tests of the GenericSSL / A&D bundle (bundles/_components/methods/genericssl, "dhc" protocol).
+"""Smoke tests of the GenericSSL / A&D bundle (``bundles/genericssl_*``, "dhc" protocol).
 
 Configs are composed exactly as the shipped ``genericssl_synapse`` bundle (``scdl_monai.bundles``) and run
 with MONAI's ``ConfigWorkflow`` on CPU with a tiny DiffVNet on fake NIfTI data: train (StrongAug in

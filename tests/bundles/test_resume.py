@@ -24,11 +24,12 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
+from scdl_monai.bundles import component_files, components_dir
 from scdl_monai.data.phantom import generate_phantom
 
 from ..conftest import REPO_ROOT
 
-COMPONENTS = REPO_ROOT / "bundles" / "_components"
+LOGGING_CONF = str(components_dir() / "logging.conf")
 
 TINY = {
     "cache_rate": 0.0,
@@ -42,18 +43,18 @@ TINY = {
     "amp": False,
     "checkpoint_n_saved": None,
 }
-#: method -> (component dirs, extra overrides)
+#: name -> ((method, scdl), extra overrides)
 METHODS = {
-    "supervised": (("methods/supervised",), {}),
-    "cps": (("methods/cps",), {}),
-    "dhc": (("methods/dhc",), {"class_weight_log_interval": 1}),
-    "ga_cps": (("methods/ga_cps",), {}),
-    "magicnet": (("methods/magicnet",), {"cube_size": 16, "location_hidden_features": 16, "network_def#norm": "batch"}),
-    "genericssl": (("methods/genericssl",), {"class_weight_log_interval": 1, "val_interval": 100}),  # DDIM validation is slow
-    "simis": (("methods/simis",), {"class_weight_log_interval": 1}),
-    "cld": (("methods/cld",), {"method_def#confidence_interval": 1}),  # a confidence refresh every step
-    "skcdf": (("methods/skcdf",), {}),
-    "cps_scdl": (("methods/cps", "scdl"), {"scdl_block#z_dim": 8, "scdl_block#num_proxy_samples": 3, "scdl_warmup_iters": 2}),
+    "supervised": (("supervised", False), {}),
+    "cps": (("cps", False), {}),
+    "dhc": (("dhc", False), {"class_weight_log_interval": 1}),
+    "ga_cps": (("ga_cps", False), {}),
+    "magicnet": (("magicnet", False), {"cube_size": 16, "location_hidden_features": 16, "network_def#norm": "batch"}),
+    "genericssl": (("genericssl", False), {"class_weight_log_interval": 1, "val_interval": 100}),  # DDIM validation is slow
+    "simis": (("simis", False), {"class_weight_log_interval": 1}),
+    "cld": (("cld", False), {"method_def#confidence_interval": 1}),  # a confidence refresh every step
+    "skcdf": (("skcdf", False), {}),
+    "cps_scdl": (("cps", True), {"scdl_block#z_dim": 8, "scdl_block#num_proxy_samples": 3, "scdl_warmup_iters": 2}),
 }
 
 
@@ -64,16 +65,16 @@ def datalist(tmp_path_factory):
     return generate_phantom(root, num_cases=6, shape=(40, 36, 34), spacing=(1.5, 1.5, 2.0), seed=3, labeled_fraction=0.5, num_validation=1, num_test=1)
 
 
-def _config_files(method_dirs):
-    """base + dataset + backbone + method overlays (the generator's order)."""
-    files = ["train.json", "datasets/synapse.json", "backbones/vnet.json", *(f"{d}/train.json" for d in method_dirs)]
-    return [str(COMPONENTS / f) for f in files]
+def _config_files(method_scdl):
+    """The method's train config from the bundle components, native protocol (random crops of resampled volumes)."""
+    method, scdl = method_scdl
+    return [str(f) for f in component_files("train", method, "synapse", protocol="native", scdl=scdl)]
 
 
 def _workflow(method, bundle_root, datalist, **overrides):
     dirs, extra = METHODS[method]
     wf = ConfigWorkflow(
-        config_file=_config_files(dirs), logging_file=str(COMPONENTS / "logging.conf"), workflow_type="train",
+        config_file=_config_files(dirs), logging_file=LOGGING_CONF, workflow_type="train",
         meta_file=str(REPO_ROOT / "bundles" / "cps_synapse" / "configs" / "metadata.json"),
         bundle_root=str(bundle_root), datalist=str(datalist),
         **{**TINY, **extra, "train#trainer#max_epochs": 2, "resume_from": "", **overrides},
@@ -135,7 +136,7 @@ def test_sigkill_mid_epoch_then_resume_reproduces_the_uninterrupted_run(datalist
     args = [
         sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(_config_files(METHODS["cps"][0])),
         "--meta_file", str(REPO_ROOT / "bundles" / "cps_synapse" / "configs" / "metadata.json"),
-        "--logging_file", str(COMPONENTS / "logging.conf"), "--bundle_root", str(bundle), "--datalist", str(datalist),
+        "--logging_file", LOGGING_CONF, "--bundle_root", str(bundle), "--datalist", str(datalist),
         *[x for k, v in settings.items() if k not in ("checkpoint_n_saved", "amp") for x in (f"--{k}", str(v))],
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -1,10 +1,10 @@
-"""Smoke test of the SCDL overlay (bundles/_components/scdl) on top of the CPS baseline, fake NIfTI data.
+"""Smoke test of the SCDL overlay ``configs/scdl.json`` of the shipped ``cps_synapse`` bundle, fake NIfTI data.
 
-Configs are composed exactly as the shipped ``cps_scdl_synapse`` bundle (base, dataset, backbone,
-method, then the ``scdl`` overlay) and run with MONAI's ``ConfigWorkflow`` on CPU with tiny networks: train (SCDL terms in
+The same ``scdl.json`` follows ``train.json``, ``train.json + evaluate.json``, ``inference.json`` and
+``train.json + multi_gpu_train.json``; run with MONAI's ``ConfigWorkflow`` on CPU with tiny networks: train (SCDL terms in
 the output, the SCDL parameter group of the optimizer following the baseline's schedule),
-evaluate (the saved inference network reloads) and standalone inference (the prior path is
-rebuilt by ``scdl/inference.json``).
+evaluate (the saved inference network reloads) and standalone inference (``inference_network_def``
+built around the wrapped networks).
 """
 
 import json
@@ -26,7 +26,7 @@ TINY = tiny("cps", scdl=True)
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return write_fake_synapse(tmp_path_factory.mktemp("fake_synapse_scdl"), metadata_method="cps", scdl=True)
+    return write_fake_synapse(tmp_path_factory.mktemp("fake_synapse_scdl"), metadata_method="cps")
 
 
 def files(kind):
@@ -69,7 +69,7 @@ def test_cps_scdl_train_evaluate_inference(tmp_path, dataset):
 
 
 def test_cps_scdl_two_process_ddp(tmp_path, dataset):
-    """``scdl/multi_gpu_train.json`` keeps the SCDL wrapper under DDP (the base overlay rebuilds ``method``)."""
+    """``multi_gpu_train.json`` + ``scdl.json`` (either order): DDP wraps the SCDL method (``train#trainer#method``)."""
 
     overrides = {**TINY, "train#trainer#max_epochs": 1, "resume_from": "", "val_interval": 1000}
     run_torchrun(files("multi_gpu_train"), dataset, tmp_path, overrides)

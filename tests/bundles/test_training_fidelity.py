@@ -17,7 +17,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from scdl_monai.bundles import SHIPPED, bundle_name, compose_config
+from scdl_monai.bundles import VARIANTS, bundle_name, compose_config
 
 from ..conftest import REPO_ROOT
 from .conftest import config_files, run_train, tiny, write_fake_synapse
@@ -32,14 +32,14 @@ def _networks(parser):
 
 
 def _shipped(method, dataset, scdl, kind="train"):
-    path = REPO_ROOT / "bundles" / bundle_name(method, dataset, scdl=scdl) / "configs" / f"{kind}.json"
+    configs = REPO_ROOT / "bundles" / bundle_name(method, dataset) / "configs"
     parser = ConfigParser()
-    parser.read_config(str(path))
+    parser.read_config([str(configs / f"{kind}.json")] + ([str(configs / "scdl.json")] if scdl else []))
     parser["n_filters"] = 4  # the layout, not the width, is under test
     return parser
 
 
-@pytest.mark.parametrize("case", [c for c in SHIPPED if c[0] in DROPOUT_METHODS], ids=lambda c: bundle_name(*c[:2], scdl=c[2]))
+@pytest.mark.parametrize("case", [c for c in VARIANTS if c[0] in DROPOUT_METHODS], ids=lambda c: bundle_name(*c[:2]) + ("+scdl" if c[2] else ""))
 def test_shipped_dhc_cps_supervised_networks_train_with_reference_dropout(case):
     method, dataset, scdl = case
     parser = _shipped(method, dataset, scdl)
@@ -138,7 +138,8 @@ def test_cps_bundle_is_the_dhc_papers_cps():
 
 
 def test_cps_native_overlay_equals_the_native_protocol_composition():
-    overlay = json.loads((REPO_ROOT / "bundles" / "_components" / "methods" / "cps" / "cps_native.json").read_text())
+    shipped = REPO_ROOT / "bundles" / "cps_synapse" / "configs"
+    overlay = json.loads((shipped / "cps_native.json").read_text())
     dhc = ConfigParser(compose_config("train", "cps", "synapse"))
     dhc.update({k: v for k, v in overlay.items()})
     native = ConfigParser(compose_config("train", "cps", "synapse", protocol="native"))
@@ -146,20 +147,17 @@ def test_cps_native_overlay_equals_the_native_protocol_composition():
                 "train#random_transforms", "train#unlabeled_transforms", "validate#transforms"):  # fmt: skip
         assert dhc[key] == native[key], key
     assert dhc.get_parsed_content("val_crop") is None
-    infer_overlay = json.loads(
-        (REPO_ROOT / "bundles" / "_components" / "methods" / "cps" / "cps_native_inference.json").read_text()
-    )
+    infer_overlay = json.loads((shipped / "cps_native_inference.json").read_text())
     dhc_inf = ConfigParser(compose_config("inference", "cps", "synapse"))
     dhc_inf.update(infer_overlay)
     native_inf = ConfigParser(compose_config("inference", "cps", "synapse", protocol="native"))
     for key in ("protocol", "a_min", "a_max", "pixdim", "patch_size", "preprocessing"):
         assert dhc_inf[key] == native_inf[key], key
-    shipped = REPO_ROOT / "bundles" / "cps_synapse" / "configs"
     assert (shipped / "cps_native.json").is_file() and (shipped / "cps_native_inference.json").is_file()
 
 
 def test_cps_native_overlay_trains_at_smoke_size(dataset, tmp_path):
-    wf = run_train(config_files("train", "cps", "methods/cps/cps_native.json"), dataset, tmp_path, **tiny("cps"))
+    wf = run_train(config_files("train", "cps", "cps_native.json"), dataset, tmp_path, **tiny("cps"))
     names = [type(t).__name__ for t in wf.parser.get_parsed_content("train#preprocessing").transforms]
     assert "RandCropByLabelClassesd" in names
     assert (tmp_path / "models_cps_native" / "model.pt").is_file()

@@ -366,12 +366,11 @@ def test_add_scdl_param_groups_moves_scdl_parameters_into_their_own_group():
     assert sched.base_lrs == pytest.approx([0.02, 0.002])
 
 
-def _components():
-    from pathlib import Path
+def _files(kind, method):
+    """The bundle components of ``kind`` for ``method`` on Synapse with the SCDL overlay (native protocol)."""
+    from scdl_monai.bundles import component_files
 
-    root = Path(__file__).resolve().parents[2] / "bundles" / "_components"
-    assert (root / "train.json").is_file() and (root / "scdl" / "train.json").is_file(), f"no components in {root}"
-    return root
+    return component_files(kind, method, "synapse", protocol="native", scdl=True)
 
 
 TINY = {"n_filters": 4, "scdl_block#z_dim": 8, "scdl_block#num_proxy_samples": 3, "device": "$torch.device('cpu')"}
@@ -388,11 +387,8 @@ def _parser(files, overrides):
 
 @pytest.mark.parametrize("method_name", ["cps", "dhc", "ga_cps", "magicnet", "genericssl"])
 def test_scdl_overlay_composes_on_baselines(method_name):
-    root = _components()
-    assert (root / "methods" / method_name / "train.json").is_file(), f"no {method_name} overlay"
-    base = [root / "train.json", root / "datasets" / "synapse.json", root / "backbones" / "vnet.json"]
     extra = {"location_hidden_features": 16} if method_name == "magicnet" else {}
-    train = _parser(base + [root / "methods" / method_name / "train.json", root / "scdl" / "train.json"], {**TINY, **extra})
+    train = _parser(_files("train", method_name), {**TINY, **extra})
     method = train.get_parsed_content("method")
     expected = {"magicnet": ("student.backbone",), "genericssl": ("network",)}.get(method_name, ("network_a", "network_b"))
     assert isinstance(method, SCDLMethod) and method.targets == expected
@@ -408,20 +404,14 @@ def test_scdl_overlay_composes_on_baselines(method_name):
     assert {id(p) for p in scdl_group[0]["params"]} == scdl_ids
     assert len(sched.optimizer.param_groups) == len(opt.param_groups)
 
-    inference = _parser(
-        [root / "inference.json", root / "datasets" / "synapse.json", root / "backbones" / "vnet.json",
-         root / "methods" / method_name / "inference.json", root / "scdl" / "inference.json"],
-        TINY,
-    )  # fmt: skip
+    inference = _parser(_files("inference", method_name), TINY)  # the same scdl.json overlay
     standalone = inference.get_parsed_content("network")
     # the checkpoint of the training-time inference network loads strictly into the standalone one
     standalone.load_state_dict(train.get_parsed_content("inference_network").state_dict(), strict=True)
 
 
 def test_every_switch_is_a_top_level_override():
-    root = _components()
-    files = [root / "train.json", root / "datasets" / "synapse.json", root / "backbones" / "vnet.json",
-             root / "methods" / "dhc" / "train.json", root / "scdl" / "train.json"]  # fmt: skip
+    files = _files("train", "dhc")
     overrides = {
         **TINY, "scdl_networks": "A_only", "scdl_token_scope": "labeled", "scdl_proxy_weight": 0.03,
         "scdl_sac_weight": 0.01, "scdl_unlabeled_target": "peer_pseudo_label", "scdl_pseudo_label_threshold": 0.8,
@@ -436,7 +426,7 @@ def test_every_switch_is_a_top_level_override():
     assert (method.token_scope, method.proxy_weight, method.sac_weight) == ("labeled", 0.03, 0.01)
     assert (method.unlabeled_target, method.pseudo_label_threshold, method.warmup_fraction) == ("peer_pseudo_label", 0.8, 0.1)
     assert method.proxy_loss.p2e.balanced
-    opt = train.get_parsed_content("lr_scheduler").optimizer  # the scheduler adds the SCDL group
+    opt = train.get_parsed_content("lr_scheduler").optimizer  # the scheduler follows the optimizer with the SCDL group
     base_group, scdl_group = opt.param_groups
     assert scdl_group["lr"] == pytest.approx(0.5 * base_group["lr"])
     x, y, u = batch()

@@ -14,7 +14,6 @@ import pytest
 from scdl_monai.data.phantom import generate_phantom
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-COMPONENTS = REPO_ROOT / "bundles" / "_components"
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
 SHAPE = (32, 32, 32)
 

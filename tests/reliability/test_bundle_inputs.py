@@ -12,20 +12,23 @@ import json
 import pytest
 import torch
 
+from scdl_monai.bundles import component_files, components_dir
 from scdl_monai.bundles import main as bundles_main
+from scdl_monai.data.utils import UnknownNameError, user_error_message
 from scdl_monai.methods.cps import CPS
 from scdl_monai.networks.vnet import VNet
 
-from .conftest import COMPONENTS, REPO_ROOT, run_cli, write_json
+from .conftest import REPO_ROOT, run_cli, write_json
 
 TINY = {"num_workers": 0, "cache_rate": 0.0, "n_filters": 4, "patch_size": [32, 32, 32], "batch_size": 1,
         "unlabeled_batch_size": 1, "val_interval": 100, "amp": False, "train#trainer#max_epochs": 1}  # fmt: skip
 META = REPO_ROOT / "bundles" / "cps_synapse" / "configs" / "metadata.json"
+LOGGING_CONF = components_dir() / "logging.conf"
 
 
 def config_files(method="cps"):
-    files = ["train.json", "datasets/synapse.json", "backbones/vnet.json", f"methods/{method}/train.json"]
-    return [str(COMPONENTS / f) for f in files]
+    """The method's train config from the bundle components, native protocol."""
+    return [str(f) for f in component_files("train", method, "synapse", protocol="native")]
 
 
 def refused(bundle_root, datalist, method="cps", **overrides) -> str:
@@ -33,7 +36,7 @@ def refused(bundle_root, datalist, method="cps", **overrides) -> str:
     from monai.bundle.scripts import run
 
     with pytest.raises(SystemExit) as stop:
-        run(config_file=config_files(method), meta_file=str(META), logging_file=str(COMPONENTS / "logging.conf"),
+        run(config_file=config_files(method), meta_file=str(META), logging_file=str(LOGGING_CONF),
             bundle_root=str(bundle_root), datalist=str(datalist), **{**TINY, **overrides})  # fmt: skip
     message = str(stop.value.code)
     print(message)  # copied into docs/reliability.md
@@ -120,24 +123,23 @@ def test_unknown_names_with_did_you_mean(phantom, tmp_path, capsys):
     assert bundles_main(["write", "--method", "cps", "--dataset", "synaps", "--out", str(tmp_path / "w")]) == 1
     assert "got 'synaps'. did you mean 'synapse'?" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
-    # an override of the backbone name in a bundle run fails while building the network (MONAI
-    # reports it inside its "Failed to instantiate" error)
+    # an override of the backbone name in a bundle run fails while building the network: in Python,
+    # inside MONAI's "Failed to instantiate" error; the command lines print one line naming the key
     from monai.bundle.scripts import run
 
     with pytest.raises(RuntimeError) as err:
         run(config_file=config_files(), meta_file=str(META), logging_file=False, bundle_root=str(tmp_path / "b"),
             datalist=str(phantom), **{**TINY, "network_def#name": "unett"})  # fmt: skip
-    cause = err.value
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
-    assert "By 'unett', did you mean 'unet'?" in str(cause)
+    assert isinstance(err.value.__cause__, UnknownNameError)
+    message = "network_def#name='unett' is not valid: did you mean 'unet'? available: vnet, unet, segresnet"
+    assert user_error_message(err.value) == message
     assert not (tmp_path / "b" / "models").exists()
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(phantom, tmp_path):
     bundle = tmp_path / "b"
     args = ["-m", "monai.bundle", "run", "--config_file", json.dumps(config_files()), "--meta_file", META,
-            "--logging_file", COMPONENTS / "logging.conf", "--bundle_root", bundle, "--datalist", phantom,
+            "--logging_file", LOGGING_CONF, "--bundle_root", bundle, "--datalist", phantom,
             "--learning_rate", "1e20"]  # fmt: skip
     for key, value in {**TINY, "train#trainer#max_epochs": 4, "train#trainer#epoch_length": 1}.items():
         args += [f"--{key}", json.dumps(value) if not isinstance(value, bool) else str(value)]
