@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         for key in keys:
             path, run = runs[key]
             if not args.dry_run:
-                atomic_write(path, json.dumps(rekeyed(run, new_plan[key], old_commit, new_commit, check)) + "\n")
+                text = json.dumps(rekeyed(run, new_plan[key], old_commit, new_commit, check)) + "\n"
+                atomic_write(path, lambda tmp, t=text: tmp.write_text(t))
         print(f"{config}: identical at {args.check_iterations} iterations; "
               f"{'would re-key' if args.dry_run else 're-keyed'} {len(keys)} run(s)")  # fmt: skip
     return 1 if failed else 0
