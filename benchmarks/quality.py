@@ -243,6 +243,7 @@ def run_one(spec: dict) -> dict:
             raise ValueError("fully_supervised needs a label for every unlabeled case of the datalist")
         spec = {**spec, "datalist": spec["datalist_full"]}
     overrides = overrides_for(method, scdl, spec, config)
+    (root / "overrides.json").write_text(json.dumps(overrides))  # the run's settings (benchmarks/scdl_probe.py)
     row = {"config": spec["config"], "seed": spec["seed"], "fingerprint": fingerprint(config, overrides, spec)}
     t0 = time.perf_counter()
     wf = ConfigWorkflow(config_file=str(root / "train.json"), workflow_type="train",
@@ -342,6 +343,20 @@ def run_one(spec: dict) -> dict:
 
 #: Prefix of the one line ``--plan`` prints (benchmarks/rebase_runs.py parses it).
 PLAN_MARKER = "quality plan: "
+
+
+def parse_set(items) -> dict:
+    """``--set KEY=VALUE`` items as overrides: JSON values (``true``, ``0.03``, ``[1, 2]``), else strings."""
+    extra = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value
+    return extra
 
 
 def result_path(out_dir: Path, config: str, seed: int) -> Path:
@@ -847,15 +862,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--budget bundle needs --datalist (the bundles' sizes do not fit the phantom)")
     if args.protocol not in ("native", "dhc", "ga", "method"):
         parser.error(f"--protocol {args.protocol!r}: choose native, dhc, ga or method")
-    extra = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            extra[key] = json.loads(value)
-        except json.JSONDecodeError:
-            extra[key] = value
+    try:
+        extra = parse_set(args.overrides)
+    except ValueError as err:
+        parser.error(str(err))
     precision = args.precision or size["precision"]
     channels_last = size["channels_last"] if args.channels_last is None else args.channels_last == "true"
     seeds = args.seeds if args.seeds is not None else ([0] if budget == "quick" else [0, 1, 2])

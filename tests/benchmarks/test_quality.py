@@ -2,7 +2,7 @@
 
 One quick run trains the labeled-only baseline, CPS and CPS + SCDL through the real bundle
 configs in subprocesses, plus an unknown method whose failure must appear as a table row with its
-error instead of disappearing. Then the same results are reused from ``<out>/runs`` (stored
+error instead of disappearing. ``scdl_probe.py`` reads the SCDL run back. Then the same results are reused from ``<out>/runs`` (stored
 fingerprint matches: nothing retrained), and the same command runs on a hand-written datalist.
 """
 
@@ -75,6 +75,21 @@ def test_quality_quick_reports_paired_tail_and_both_models_and_reuses_stored_run
     assert all(r["curve"] and r["curve"][-1][0] == r["iterations"] for r in ok)  # a validation point per run end
     stored = sorted(p.name for p in (out / "runs").iterdir())
     assert stored == ["cps+scdl_seed0.json", "cps_seed0.json", "supervised_seed0.json"]  # no file for the failure
+
+    # scdl_probe.py reads the SCDL run back (train.json + overrides.json + the last model) and reports its branch
+    probe = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scdl_probe.py"), str(work / "runs" / "cps+scdl_seed0"),
+                            "--out", str(tmp_path / "probe")], capture_output=True, text=True, timeout=600, env=ENV)  # fmt: skip
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    (record,) = json.loads((tmp_path / "probe" / "scdl_probe.json").read_text())
+    assert record["run"] == "cps+scdl_seed0" and set(record["networks"]) == {"networks.0", "networks.1"}
+    for report in record["networks"].values():
+        assert 0.0 <= report["token_accuracy"] <= 1.0 and 0.0 < report["majority_baseline"] <= 1.0
+        assert len(report["class_recall"]) == len(ORGANS) + 1 and report["sigma_mean"] > 0
+    assert 0.0 <= record["test_dice_prior_on"] <= 100.0 and 0.0 <= record["test_dice_prior_off"] <= 100.0
+    assert "| cps+scdl_seed0 | networks.0 |" in probe.stdout
+    not_scdl = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scdl_probe.py"), str(work / "runs" / "cps_seed0")],
+                              capture_output=True, text=True, timeout=600, env=ENV)  # fmt: skip
+    assert not_scdl.returncode == 2 and "no SCDL network" in not_scdl.stderr and "Traceback" not in not_scdl.stderr
 
     # --reuse: the stored results match these settings, nothing is trained again
     proc = _run("--seeds", "0", "--out", str(out), "--work-dir", str(work), "--configs", "supervised", "cps", "--reuse")
