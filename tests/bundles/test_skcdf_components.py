@@ -67,7 +67,7 @@ def test_skcdf_train_evaluate_inference(tmp_path, dataset, skcdf_bundle):
     ckpt = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=True)
     assert {"method", "optimizer", "lr_scheduler", "trainer", "rng"} <= ckpt.keys()
     assert torch.equal(ckpt["method"]["keep_rates"], rates)
-    assert "network.skc.blocks.global.map_in.0.weight" in ckpt["method"]  # reference keys (Q10)
+    assert "network.skc.blocks.global_block.map_in.0.weight" in ckpt["method"]  # the unused reference convs are kept (Q10)
 
     evaluate = run_workflow(bundle_workflow(files(skcdf_bundle, "evaluate"), dataset, tmp_path, dataset_dir=str(dataset), **TINY))
     assert 0.0 <= evaluate.parser.get_parsed_content("validate#evaluator").state.metrics["val_mean_dice"] <= 1.0
@@ -93,7 +93,7 @@ def test_skcdf_train_evaluate_inference(tmp_path, dataset, skcdf_bundle):
         ({"skc#enabled": False}, lambda n: n.skc is None),  # T6 baseline
         ({"skc#attention": "self"}, lambda n: n.attention == "self"),  # T6 SA
         ({"decoupled": False}, lambda n: n.decoder_u is None),
-        ({"skc#global_self_head_layout": "consistent"}, lambda n: n.skc.blocks["global"].attn.self_head_merge == "contiguous"),
+        ({"skc#global_self_head_layout": "consistent"}, lambda n: n.skc.block("global").attn.self_head_merge == "contiguous"),
     ],
 )
 def test_ablation_switches_are_config_keys(tmp_path, dataset, skcdf_bundle, overrides, check):
