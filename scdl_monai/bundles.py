@@ -84,6 +84,7 @@ __all__ = [
     "METHOD_PROTOCOLS",
     "METHOD_BASES",
     "SCDL_METHODS",
+    "NO_SCDL",
     "SHIPPED",
     "UNSHIPPED_METHODS",
     "VARIANTS",
@@ -111,8 +112,9 @@ __all__ = [
 METHODS: tuple[str, ...] = (
     "supervised", "cps", "dhc", "ga_cps", "magicnet", "ga_magicnet", "genericssl", "simis", "cld", "skcdf",
 )  # fmt: skip
-#: Methods with components but no committed bundle yet (their bundles follow in this layout).
-UNSHIPPED_METHODS: tuple[str, ...] = ("simis", "cld", "skcdf")
+#: Methods with components but no committed bundle yet (none at present; a new method may start here
+#: until its bundles are generated into ``bundles/``).
+UNSHIPPED_METHODS: tuple[str, ...] = ()
 #: Datasets with overlays under ``datasets/`` of the components.
 DATASETS: tuple[str, ...] = ("synapse", "amos")
 #: Backbones with overlays under ``backbones/`` of the components.
@@ -143,9 +145,17 @@ METHOD_PROTOCOLS: dict[str, str] = {
 }
 #: Methods composed on top of another method's overlays (``methods/<base>/<kind>.json`` first).
 METHOD_BASES: dict[str, str] = {"ga_magicnet": "magicnet"}
-#: Methods whose bundles ship ``configs/scdl.json``: every semi-supervised method (the SCDL paper's
-#: Table 1 baselines DHC, GenericSSL, GA-CPS, GA-MagicNet, plus CPS and MagicNet).
-SCDL_METHODS: tuple[str, ...] = ("cps", "dhc", "ga_cps", "magicnet", "ga_magicnet", "genericssl")
+#: Methods whose bundles ship ``configs/scdl.json``: every semi-supervised method whose networks SCDL
+#: can wrap (the SCDL paper's Table 1 baselines DHC, GenericSSL, GA-CPS, GA-MagicNet, SimiS and CLD,
+#: plus CPS and MagicNet); not SKCDF (:data:`NO_SCDL`).
+SCDL_METHODS: tuple[str, ...] = ("cps", "dhc", "ga_cps", "magicnet", "ga_magicnet", "genericssl", "simis", "cld")
+#: Semi-supervised methods without ``configs/scdl.json``, and why (the reason is the error message
+#: of ``compose_config(..., scdl=True)`` and a paragraph of the bundle README).
+NO_SCDL: dict[str, str] = {
+    "skcdf": "SKCDF's training passes (pass 1: SKC cross-attention then decoder D_l; pass 2: SKC self-attention "
+    "then D_u) run inside SKCDFNetwork and never call the encode/decode hooks an SCDL wrapper intercepts; "
+    "only the inference path (D_u) has them, so SCDL would record no training tokens and inject an untrained prior",
+}
 #: The bundles generated into ``bundles/`` and committed: ``(method, dataset)``, every method on both datasets.
 SHIPPED: tuple[tuple[str, str], ...] = tuple(
     (m, d) for m in METHODS if m not in UNSHIPPED_METHODS for d in DATASETS
@@ -398,18 +408,20 @@ def scdl_available(method: str, backbone: str = DEFAULT_BACKBONE) -> bool:
     """Whether a bundle of ``method`` with ``backbone`` ships ``configs/scdl.json``.
 
     SCDL wraps the student networks of a semi-supervised method (:data:`SCDL_METHODS`) through
-    the project VNet's encode/decode hooks, so only VNet bundles carry it.
+    the project VNet's encode/decode hooks, so only VNet bundles carry it; SKCDF has none
+    (:data:`NO_SCDL` says why).
     """
     return _option(method, METHODS, "method") in SCDL_METHODS and _option(backbone, BACKBONES, "backbone") == DEFAULT_BACKBONE
 
 
 def _check_scdl(method: str, backbone: str) -> None:
     if not scdl_available(method, backbone):
-        why = (
-            f"backbone {backbone!r} has no VNet encode/decode hooks to wrap"
-            if method in SCDL_METHODS
-            else f"method {method!r} is not semi-supervised; SCDL plugs into {list(SCDL_METHODS)}"
-        )
+        if method in NO_SCDL:
+            why = NO_SCDL[method]
+        elif method in SCDL_METHODS:
+            why = f"backbone {backbone!r} has no VNet encode/decode hooks to wrap"
+        else:
+            why = f"method {method!r} is not semi-supervised; SCDL plugs into {list(SCDL_METHODS)}"
         raise ValueError(f"scdl: no SCDL overlay for method {method!r} with backbone {backbone!r} ({why}).")
 
 
@@ -713,8 +725,8 @@ def build_metadata(method: str, dataset: str, backbone: str = DEFAULT_BACKBONE, 
     Describes both variants a bundle runs: the baseline and, where it ships ``configs/scdl.json``,
     the baseline with the SCDL plug-in (``variants``; the SCDL reference is listed). SCDL does not
     change the network I/O. ``network_data_format`` describes the inference network (for the
-    two-network methods CPS, DHC and GA-CPS the logit mean of A and B, which has the I/O of one
-    backbone); those methods add ``network_b_data_format`` for network B.
+    two-network methods CPS, DHC, GA-CPS, SimiS and CLD the logit mean of A and B, which has the
+    I/O of one backbone); those methods add ``network_b_data_format`` for network B.
     """
     method, dataset, backbone, protocol = _normalise(method, dataset, backbone, protocol)
     scdl = scdl_available(method, backbone)
@@ -923,6 +935,8 @@ by reference (`network_a_def`, `network_b_def`, `scdl_method_def`, `optimizer`) 
 nothing else. Both variants write to `models/` and `eval/`: train each in its own copy of this
 folder (or with its own `--bundle_root`), and evaluate or infer with the files it was trained with.
 """
+    elif method in NO_SCDL:
+        variants = f"This bundle has no `configs/scdl.json` (the SCDL plug-in): {NO_SCDL[method]}.\n"
     elif semi:
         variants = "`configs/scdl.json` (the SCDL plug-in) needs the VNet backbone: this bundle has none.\n"
     else:
@@ -1149,7 +1163,7 @@ def write_bundle(
         dataset: ``"synapse"`` or ``"amos"``.
         out: the bundle folder (created).
         backbone: ``"vnet"`` (default), ``"unet"`` or ``"segresnet"`` (VNet only for the
-            MagicNet family and GenericSSL; other backbones get no ``scdl.json``).
+            MagicNet family, GenericSSL and SKCDF; other backbones get no ``scdl.json``).
         root: components folder (default :func:`components_dir`).
         protocol: preprocessing protocol, ``"native"``, ``"dhc"`` or ``"ga"``; ``None`` (default)
             is the method's own (:data:`METHOD_PROTOCOLS`).
@@ -1326,7 +1340,7 @@ def _cli_write(
 ) -> None:
     """Write one self-contained bundle to OUT (method: supervised|cps|dhc|ga_cps|magicnet|ga_magicnet|genericssl|simis|cld|skcdf;
     dataset: synapse|amos; backbone: vnet|unet|segresnet; protocol: native|dhc|ga, default the method's own).
-    Semi-supervised VNet bundles include configs/scdl.json."""
+    Semi-supervised VNet bundles include configs/scdl.json (not skcdf: its training passes bypass the hooks SCDL wraps)."""
     path = write_bundle(method, dataset, out, backbone=backbone, protocol=protocol)
     print(f"wrote bundle {bundle_name(method, dataset, backbone, protocol)} to {path}")
 

@@ -12,6 +12,7 @@ from monai.bundle import ConfigParser, verify_metadata
 
 from scdl_monai.bundles import (
     METHODS,
+    NO_SCDL,
     SCDL_METHODS,
     SHIPPED,
     UNSHIPPED_METHODS,
@@ -29,6 +30,7 @@ from scdl_monai.bundles import (
     main,
     resume_checkpoint,
     schema_path,
+    scdl_available,
     write_bundle,
 )
 from scdl_monai.data.transforms import protocol_transforms
@@ -193,7 +195,7 @@ def test_metadata_valid_against_vendored_schema(method, dataset, tmp_path):
     path.write_text(json.dumps(meta))
     verify_metadata(meta_file=str(path), filepath=str(schema_path()))
     assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == (14 if dataset == "synapse" else 16)
-    assert ("network_b_data_format" in meta) == (method in ("cps", "dhc", "ga_cps"))
+    assert ("network_b_data_format" in meta) == (method in ("cps", "dhc", "ga_cps", "simis", "cld"))
     assert "required_packages_version" in meta
     assert any("arxiv.org/abs/2603.05202" in r for r in meta["references"]) == scdl
     assert meta["name"].startswith(bundle_name(method, dataset) + " ")
@@ -207,18 +209,31 @@ def test_metadata_valid_against_vendored_schema(method, dataset, tmp_path):
 def test_every_method_is_shipped_on_both_datasets_with_scdl_as_an_overlay():
     names = {bundle_name(m, d) for m, d in SHIPPED}
     shipped = [m for m in METHODS if m not in UNSHIPPED_METHODS]
-    assert names == {f"{m}_{d}" for m in shipped for d in ("synapse", "amos")} and len(SHIPPED) == 14
-    assert not any((REPO_ROOT / "bundles" / f"{m}_synapse").exists() for m in UNSHIPPED_METHODS)
-    # every semi-supervised bundle (the SCDL paper's baselines among them) ships configs/scdl.json
-    assert set(SCDL_METHODS) == set(shipped) - {"supervised"}
+    assert UNSHIPPED_METHODS == () and shipped == list(METHODS)
+    assert names == {f"{m}_{d}" for m in shipped for d in ("synapse", "amos")} and len(SHIPPED) == 20
+    # every semi-supervised bundle (the SCDL paper's baselines among them) ships configs/scdl.json, except SKCDF's
+    assert set(NO_SCDL) == {"skcdf"} and set(SCDL_METHODS) == set(shipped) - {"supervised", "skcdf"}
     for m, d in SHIPPED:
         assert (REPO_ROOT / "bundles" / f"{m}_{d}" / "configs" / "scdl.json").is_file() == (m in SCDL_METHODS)
-    assert len(VARIANTS) == 14 + 12 and not any("_scdl_" in n for n in names)
+    assert len(VARIANTS) == 20 + 16 and not any("_scdl_" in n for n in names)
+
+
+def test_skcdf_refuses_scdl_with_the_reason_in_one_line():
+    """SCDL cannot wrap SKCDF's training passes: compose_config says why, and the bundle README says the same."""
+    for call in (lambda: compose_config("train", "skcdf", "synapse", scdl=True), lambda: compose_config("scdl", "skcdf", "amos")):
+        with pytest.raises(ValueError, match="SKCDF's training passes") as err:
+            call()
+        assert "\n" not in str(err.value) and "encode/decode hooks" in str(err.value)
+    assert not scdl_available("skcdf")
+    readme = (REPO_ROOT / "bundles" / "skcdf_synapse" / "docs" / "README.md").read_text()
+    meta = build_metadata("skcdf", "amos")
+    assert NO_SCDL["skcdf"] in readme and list(meta["variants"]) == ["baseline"] and "configs/scdl.json" not in meta["description"]
 
 
 def test_names_follow_the_method_default_protocol():
     assert [default_protocol(m) for m in ("supervised", "cps", "dhc", "genericssl", "ga_cps", "magicnet", "ga_magicnet")] == [
         "native", "dhc", "dhc", "dhc", "ga", "ga", "ga"]  # fmt: skip
+    assert {default_protocol(m) for m in ("simis", "cld", "skcdf")} == {"dhc"}  # the DHC repository's / SKCDF's grid
     assert bundle_name("dhc", "synapse") == bundle_name("dhc", "synapse", protocol="dhc") == "dhc_synapse"
     assert bundle_name("dhc", "amos", protocol="native") == "dhc_amos_native"
     assert bundle_name("cps", "synapse", backbone="unet", protocol="ga") == "cps_synapse_unet_ga"

@@ -1,7 +1,8 @@
 """SCDL as a plug-in around any semi-supervised method (Su et al., arXiv 2603.05202).
 
-:class:`SCDLMethod` decorates a ready baseline method (CPS, DHC, GA-CPS, MagicNet/GA-MagicNet,
-GenericSSL) instead of forking it. The baseline is built as usual, except that the networks that
+:class:`SCDLMethod` decorates a ready baseline method (CPS, DHC, GA-CPS, SimiS, CLD,
+MagicNet/GA-MagicNet, GenericSSL; not SKCDF, whose training passes bypass the wrapper's hooks)
+instead of forking it. The baseline is built as usual, except that the networks that
 should carry SCDL are built around their backbones as
 :class:`~scdl_monai.networks.prior_injection.SCDLNetwork` (in a bundle:
 ``scdl_monai.networks.prior_injection.wrap_backbone`` in the bundles' ``configs/scdl.json``); copies the
@@ -17,8 +18,8 @@ explicit ``warmup_iters``. The SCDL loss weights and the warm-up are not publish
 
 Which decoding is used: ``record_call`` (default 0) indexes each wrapped network's recorded
 decodings of the step; the method passes the labeled batch size ``B_l`` explicitly and the
-selected call's batch must be ``[B_l labeled | B_u unlabeled]`` (CPS/DHC/GA-CPS call each network
-once on ``cat(x_L, x_U)``; MagicNet's plain forward comes first, its cube passes after it) or,
+selected call's batch must be ``[B_l labeled | B_u unlabeled]`` (CPS, DHC, GA-CPS, SimiS and CLD
+call each network once on ``cat(x_L, x_U)``; MagicNet's plain forward comes first, its cube passes after it) or,
 with ``labeled_pass="encoder"`` (GenericSSL), the ``B_u`` unlabeled images only; the labeled
 tokens then come from an extra encoder pass. Only shapes are compared (no data comparison, no
 host synchronisation).

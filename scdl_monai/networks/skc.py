@@ -464,14 +464,23 @@ class SKCModule(nn.Module):
                 channels, spatial_size, spatial_dims, num_heads, dropout, global_self_head_layout, unused_token_params
             ),
         }
-        self.blocks = nn.ModuleDict({name: made[name]() for name in names})
+        # keys "<name>_block": a submodule named "global" (a Python keyword) makes a TorchScript file
+        # that torch.jit.load cannot parse, so the exported network would not load
+        self.blocks = nn.ModuleDict({f"{name}_block": made[name]() for name in names})
+
+    def block(self, name: str) -> nn.Module:
+        """The block ``name`` (one of :attr:`block_names`: ``"local"`` / ``"global"``)."""
+        if name not in self.block_names:
+            raise KeyError(f"SKCModule: no block {name!r}; this module has {list(self.block_names)}.")
+        return self.blocks[f"{name}_block"]
 
     def forward(self, x: torch.Tensor, mode: str = "self") -> torch.Tensor:
         """``(B, C, *spatial) -> (B, C, *spatial)`` in ``mode`` (``"cross"``: batch ``[L; U]``)."""
         if not self.block_names:
             return x
+        blocks = list(self.blocks.values())  # in block_names order
         if self.fusion == "parallel_sum":
-            return sum(self.blocks[name](x, mode, self.detach_unlabeled) for name in self.block_names)
-        for name in self.block_names:
-            x = self.blocks[name](x, mode, self.detach_unlabeled)
+            return sum(block(x, mode, self.detach_unlabeled) for block in blocks)
+        for block in blocks:
+            x = block(x, mode, self.detach_unlabeled)
         return x

@@ -1,7 +1,7 @@
 """The shipped bundles (``scdl_monai.bundles.SHIPPED``: every method on Synapse and AMOS), each
-without and, for the semi-supervised ones, with ``configs/scdl.json`` (``VARIANTS``).
+without and, for the semi-supervised ones (SKCDF excepted), with ``configs/scdl.json`` (``VARIANTS``).
 
-* Every variant, without training: MONAI's ``verify_metadata`` (vendored schema),
+* Every variant (comparators: see ``LEAN``), without training: MONAI's ``verify_metadata`` (vendored schema),
   ``check_properties() == []`` for ``train.json`` and ``inference.json`` (each + ``scdl.json``
   for the SCDL variant), ``verify_net_in_out`` for ``network_def`` and the exported network, and
   ``ckpt_export`` (TorchScript by tracing) of the exported network at a tiny size, compared with
@@ -36,13 +36,27 @@ COVERED_ELSEWHERE = {
     ("magicnet", "synapse", False): "test_magicnet_bundle.py",
     ("genericssl", "synapse", False): "test_genericssl_bundle.py",
     ("cps", "synapse", True): "test_scdl_bundle.py",
+    ("skcdf", "synapse", False): "test_skcdf_bundle.py",
 }
+#: Comparator bundles run only where a run checks something new (CI budget: ~10 s a run). An AMOS
+#: bundle differs from its Synapse twin by the dataset overlay alone (classes, folder), which the
+#: AMOS runs of the other methods cover; SimiS and CLD are CPS variants, so their baseline is
+#: verified and exported (check_properties, network I/O, TorchScript) and their SCDL variant trains,
+#: evaluates and infers (reading train.json, evaluate.json and inference.json as well); SKCDF
+#: (Synapse) is verified here and trained in test_skcdf_bundle.py.
+LEAN = ("simis", "cld", "skcdf")
+#: (method, dataset, scdl) verified and exported without training.
+VERIFIED = tuple(c for c in VARIANTS if c[0] not in LEAN) + tuple((m, "synapse", False) for m in LEAN)
 #: (method, dataset, scdl) trained, evaluated and inferred here: with COVERED_ELSEWHERE, every
-#: semi-supervised bundle with and without SCDL, and the supervised baseline on Synapse.
-SMOKE = (("supervised", "synapse", False),) + tuple(c for c in VARIANTS if c[0] != "supervised" and c not in COVERED_ELSEWHERE)
+#: semi-supervised bundle with and without SCDL (comparators: see LEAN), and the supervised baseline on Synapse.
+SMOKE = (
+    (("supervised", "synapse", False),)
+    + tuple(c for c in VARIANTS if c[0] not in ("supervised", *LEAN) and c not in COVERED_ELSEWHERE)
+    + (("simis", "synapse", True), ("cld", "synapse", True))
+)
 #: variants whose exported TorchScript also runs through inference.json (baseline and SCDL)
 TORCHSCRIPT_RUNS = (("supervised", "synapse", False), ("cps", "amos", True))
-TWO_NETWORKS = ("cps", "dhc", "ga_cps")
+TWO_NETWORKS = ("cps", "dhc", "ga_cps", "simis", "cld")
 
 
 def _id(case):
@@ -90,7 +104,7 @@ def _network(bundle, net_id, small, scdl=False):
     return parser.get_parsed_content(net_id).eval()
 
 
-@pytest.mark.parametrize("method,dataset,scdl", VARIANTS, ids=[_id(c) for c in VARIANTS])
+@pytest.mark.parametrize("method,dataset,scdl", VERIFIED, ids=[_id(c) for c in VERIFIED])
 def test_shipped_bundle_verifies_and_exports(method, dataset, scdl, phantom, tmp_path):
     bundle = REPO_ROOT / "bundles" / bundle_name(method, dataset)
     meta_file = bundle / "configs" / "metadata.json"
@@ -120,9 +134,11 @@ def test_shipped_bundle_verifies_and_exports(method, dataset, scdl, phantom, tmp
     assert any(k.startswith("scdl.") or ".scdl." in k for k in net.state_dict()) == scdl  # the SCDL blocks are exported
     torch.save(net.state_dict(), tmp_path / "model.pt")
     scripted = _export(bundle, export_id, tmp_path / "model.pt", tmp_path / "model.ts", small, (32, 32, 32), scdl)
+    # SKCDF's global SKC block is built for `patch_size`: the network takes only that size (one sliding window)
+    shapes = ((32, 32, 32),) if method == "skcdf" else ((32, 32, 32), (48, 32, 16))
     with torch.no_grad():
         # same values as the eager network, also at a shape other than the traced one (no baked-in sizes)
-        for shape in ((32, 32, 32), (48, 32, 16)):
+        for shape in shapes:
             x = torch.rand(1, 1, *shape)
             y = scripted(x)
             assert y.shape == (1, num_classes, *shape) and torch.allclose(y, net(x), atol=1e-5), shape
@@ -152,6 +168,10 @@ def test_shipped_bundle_trains_evaluates_infers(method, dataset, scdl, phantom, 
     assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"]  # one full epoch
     assert not any(k.startswith("module.") or ".module." in k for k in state["method"])
     assert any(".scdl." in k for k in state["method"]) == scdl
+    if scdl:  # SCDL wraps every network of the baseline (both networks of the two-network methods)
+        method_obj = train.parser.get_parsed_content("method")
+        assert sorted(p.split(".")[0] for p in method_obj.targets) == sorted(method_obj.network_names)
+        assert len(method_obj.network_names) == (2 if method in TWO_NETWORKS else 1)
     output = train.parser.get_parsed_content("train#trainer").state.output[0]
     assert np.isfinite(float(output["loss"])) and ("loss_scdl" in output) == scdl
 
@@ -244,10 +264,15 @@ def test_precision_keys_switch_training_and_inference_to_the_fast_path(phantom, 
 
 
 def test_every_semi_supervised_variant_is_smoke_tested():
-    """Together, SMOKE and the per-method tests run train / evaluate / inference for every SSL bundle x {baseline, SCDL}."""
+    """Together, SMOKE and the per-method tests run train / evaluate / inference for every SSL bundle x {baseline, SCDL};
+    a comparator variant (LEAN) left out has its Synapse twin or its bundle's other variant run, and is verified through it."""
     ssl = {c for c in VARIANTS if c[0] != "supervised"}
-    assert ssl <= set(SMOKE) | set(COVERED_ELSEWHERE) and not set(SMOKE) & set(COVERED_ELSEWHERE)
-    assert len(ssl) == 24
+    run = set(SMOKE) | set(COVERED_ELSEWHERE)
+    assert not set(SMOKE) & set(COVERED_ELSEWHERE) and len(ssl) == 34
+    for method, dataset, scdl in ssl - run:
+        assert method in LEAN and {(method, "synapse", scdl), (method, "synapse", not scdl)} & run, (method, dataset, scdl)
+        assert (method, "synapse", False) in VERIFIED
+    assert set(VARIANTS) - set(VERIFIED) <= {c for c in VARIANTS if c[0] in LEAN}
     for case, test_file in COVERED_ELSEWHERE.items():
         text = (REPO_ROOT / "tests" / "bundles" / test_file).read_text()
         assert "evaluate" in text and ("infer" in text or "inference" in text), (case, test_file)

@@ -1,8 +1,8 @@
 """Training-side fidelity of the shipped bundles to their reference code.
 
-* every network of the DHC, CPS and supervised bundles (and their SCDL variants) is built with the
-  reference ``Dropout3d(0.5)`` (``xmed-lab/DHC:code/train_dhc.py`` ``make_model_all``,
-  ``train_cps.py``, ``train_fully.py``): active in train mode, off in eval mode; GA-CPS and the
+* every network of the DHC, CPS, SimiS, CLD and supervised bundles (and their SCDL variants) is
+  built with the reference ``Dropout3d(0.5)`` (``xmed-lab/DHC:code/train_dhc.py`` ``make_model_all``,
+  ``train_cps.py``, ``train_simis.py``, ``train_cld.py``, ``train_fully.py``): active in train mode, off in eval mode; GA-CPS and the
   MagicNet family are built without dropout, as their references;
 * model selection: early stopping stops a run whose validation score does not improve (patience
   given in epochs, as the reference, and converted to validation rounds); a run shorter than
@@ -22,7 +22,7 @@ from scdl_monai.bundles import VARIANTS, bundle_name, compose_config
 from ..conftest import REPO_ROOT
 from .conftest import config_files, run_train, tiny, write_fake_synapse
 
-DROPOUT_METHODS = ("dhc", "cps", "supervised")
+DROPOUT_METHODS = ("dhc", "cps", "supervised", "simis", "cld")
 NO_DROPOUT_METHODS = ("ga_cps", "magicnet", "ga_magicnet")
 
 
@@ -40,7 +40,7 @@ def _shipped(method, dataset, scdl, kind="train"):
 
 
 @pytest.mark.parametrize("case", [c for c in VARIANTS if c[0] in DROPOUT_METHODS], ids=lambda c: bundle_name(*c[:2]) + ("+scdl" if c[2] else ""))
-def test_shipped_dhc_cps_supervised_networks_train_with_reference_dropout(case):
+def test_shipped_dropout_networks_train_with_reference_dropout(case):
     method, dataset, scdl = case
     parser = _shipped(method, dataset, scdl)
     assert parser["dropout"] == 0.5

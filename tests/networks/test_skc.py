@@ -41,7 +41,7 @@ def test_blocks_and_module_keep_the_shape(spatial_dims, spatial, mode):
                            (["local", "global"], "parallel_sum"), (["global"], "sequential")):  # fmt: skip
         skc = SKCModule(8, spatial, spatial_dims, blocks=blocks, fusion=fusion)
         assert skc(x, mode).shape == x.shape
-        assert list(skc.blocks) == blocks
+        assert list(skc.blocks) == [f"{b}_block" for b in blocks] and all(skc.block(b) is skc.blocks[f"{b}_block"] for b in blocks)
     assert SKCModule(8, spatial, spatial_dims, blocks=[])(x, mode) is x  # no block: identity
 
 
@@ -133,7 +133,7 @@ def test_reference_parameter_counts():
     with torch.device("meta"):
         skc = SKCModule(512, (4, 8, 8))
         lean = SKCModule(512, (4, 8, 8), unused_token_params=False)
-    count = {name: sum(p.numel() for p in b.parameters()) for name, b in skc.blocks.items()}
+    count = {name: sum(p.numel() for p in skc.block(name).parameters()) for name in skc.block_names}
     assert count == {"local": 2_362_000, "global": 2_493_440}  # SKCDF.py at 64×128×128, verified in the spec
     assert sum(p.numel() for p in skc.parameters()) - sum(p.numel() for p in lean.parameters()) == 65_864  # map_in
 

@@ -73,7 +73,7 @@ def test_reference_initialisation_is_xavier_on_convolutions_only():
     net = _net()
     bn = net.encoder.stages[0][0][1]
     assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.equal(bn.bias, torch.zeros_like(bn.bias))
-    conv = net.skc.blocks["global"].map_out[0].weight  # token learners and map_out are re-initialised too
+    conv = net.skc.block("global").map_out[0].weight  # token learners and map_out are re-initialised too
     assert conv.std().item() == pytest.approx((2.0 / (conv.shape[0] + conv.shape[1])) ** 0.5, rel=0.2)
 
 

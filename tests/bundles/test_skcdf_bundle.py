@@ -1,8 +1,8 @@
-"""Smoke tests of the SKCDF components (scdl_monai/resources/bundle_components/methods/skcdf, "dhc" protocol).
+"""Smoke tests of the SKCDF bundle (``bundles/skcdf_synapse``, "dhc" protocol) on fake NIfTI data.
 
-No SKCDF bundle folder ships yet; the tests write one with :func:`scdl_monai.bundles.write_bundle` and run with MONAI's ``ConfigWorkflow`` on CPU with a
-tiny network on fake NIfTI data: train (keep rates from the labeled volumes, λ ramp, flips),
-evaluate, inference with D_u, and the ablation switches as config keys.
+The shipped configs run with MONAI's ``ConfigWorkflow`` on CPU with a tiny network: train (keep
+rates from the labeled volumes, λ ramp, flips), evaluate, inference with D_u, and the ablation
+switches as config keys. The bundle has no ``configs/scdl.json`` (``scdl_monai.bundles.NO_SCDL``).
 """
 
 import json
@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from scdl_monai.bundles import write_bundle
 from scdl_monai.methods.skcdf import SKCDF
 from scdl_monai.networks.skcdf import SKCDFNetwork
 
 from .conftest import FAKE_SHAPE as SHAPE
 from .conftest import SYNAPSE_CLASSES as C
-from .conftest import bundle_workflow, run_train, run_workflow, tiny, write_fake_synapse
+from .conftest import bundle_workflow, config_files, run_train, run_workflow, tiny, write_fake_synapse
 
 TINY = tiny("skcdf")
 
@@ -33,20 +32,8 @@ def dataset(tmp_path_factory):
     )
 
 
-@pytest.fixture(scope="module")
-def skcdf_bundle(tmp_path_factory):
-    """A written ``skcdf_synapse`` bundle (not shipped yet: written here from the package's components)."""
-    return write_bundle("skcdf", "synapse", tmp_path_factory.mktemp("bundles") / "skcdf_synapse")
-
-
-def files(bundle, kind):
-    """``--config_file`` list of ``bundle`` (train.json first for the evaluate overlay)."""
-    names = (["train.json"] if kind == "evaluate" else []) + [f"{kind}.json"]
-    return [str(bundle / "configs" / n) for n in names]
-
-
-def test_skcdf_train_evaluate_inference(tmp_path, dataset, skcdf_bundle):
-    train = run_train(files(skcdf_bundle, "train"), dataset, tmp_path, run=False, **TINY)
+def test_skcdf_train_evaluate_inference(tmp_path, dataset):
+    train = run_train(config_files("train", "skcdf"), dataset, tmp_path, run=False, **TINY)
     parser = train.parser
     method = parser.get_parsed_content("method")
     assert isinstance(method, SKCDF) and isinstance(method.network, SKCDFNetwork)
@@ -67,13 +54,13 @@ def test_skcdf_train_evaluate_inference(tmp_path, dataset, skcdf_bundle):
     ckpt = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=True)
     assert {"method", "optimizer", "lr_scheduler", "trainer", "rng"} <= ckpt.keys()
     assert torch.equal(ckpt["method"]["keep_rates"], rates)
-    assert "network.skc.blocks.global.map_in.0.weight" in ckpt["method"]  # reference keys (Q10)
+    assert "network.skc.blocks.global_block.map_in.0.weight" in ckpt["method"]  # the unused reference convs are kept (Q10)
 
-    evaluate = run_workflow(bundle_workflow(files(skcdf_bundle, "evaluate"), dataset, tmp_path, dataset_dir=str(dataset), **TINY))
+    evaluate = run_workflow(bundle_workflow(config_files("evaluate", "skcdf"), dataset, tmp_path, dataset_dir=str(dataset), **TINY))
     assert 0.0 <= evaluate.parser.get_parsed_content("validate#evaluator").state.metrics["val_mean_dice"] <= 1.0
 
     image = json.loads((dataset / "datalist.json").read_text())["validation"][0]["image"]
-    infer = bundle_workflow(files(skcdf_bundle, "inference"), dataset, tmp_path, workflow_type="infer", input_files=[image],
+    infer = bundle_workflow(config_files("inference", "skcdf"), dataset, tmp_path, workflow_type="infer", input_files=[image],
                             output_dir=str(tmp_path / "pred"), **tiny("skcdf", kind="inference"))  # fmt: skip
     network = infer.parser.get_parsed_content("network")
     assert isinstance(network, SKCDFNetwork) and network.inference_decoder == "u"
@@ -93,9 +80,9 @@ def test_skcdf_train_evaluate_inference(tmp_path, dataset, skcdf_bundle):
         ({"skc#enabled": False}, lambda n: n.skc is None),  # T6 baseline
         ({"skc#attention": "self"}, lambda n: n.attention == "self"),  # T6 SA
         ({"decoupled": False}, lambda n: n.decoder_u is None),
-        ({"skc#global_self_head_layout": "consistent"}, lambda n: n.skc.blocks["global"].attn.self_head_merge == "contiguous"),
+        ({"skc#global_self_head_layout": "consistent"}, lambda n: n.skc.block("global").attn.self_head_merge == "contiguous"),
     ],
 )
-def test_ablation_switches_are_config_keys(tmp_path, dataset, skcdf_bundle, overrides, check):
-    wf = bundle_workflow(files(skcdf_bundle, "train"), dataset, tmp_path, dataset_dir=str(dataset), resume_from="", **TINY, **overrides)
+def test_ablation_switches_are_config_keys(tmp_path, dataset, overrides, check):
+    wf = bundle_workflow(config_files("train", "skcdf"), dataset, tmp_path, dataset_dir=str(dataset), resume_from="", **TINY, **overrides)
     assert check(wf.parser.get_parsed_content("network"))
