@@ -88,7 +88,13 @@ def probe_run(run_dir: Path, extra: dict, threads: int) -> dict:
     parser = wf.parser
     network = parser.get_parsed_content("inference_network")
     state = torch.load(run_dir / "models" / "model.pt", map_location="cpu", weights_only=True)
-    network.load_state_dict(state.get("model", state) if "model" in state else state)
+    try:
+        network.load_state_dict(state.get("model", state) if "model" in state else state)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{run_dir}: models/model.pt does not fit the network rebuilt from train.json and the overrides "
+            f"({str(err).splitlines()[0]}); give the --set overrides the run was made with"
+        ) from None
     network.eval()
     preprocess = parser.get_parsed_content("validate#preprocessing")
     inferer = parser.get_parsed_content("validate#inferer")
