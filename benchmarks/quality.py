@@ -39,7 +39,8 @@ ASD = the image diagonal in mm).
 
 Runs are resumable across machines: each finished (configuration, seed) result is written
 atomically to ``<out>/runs/<config>_seed<k>.json`` with a fingerprint of everything that decides
-it (composed config, overrides, data, budget); ``--reuse`` takes a stored result whose fingerprint
+it (the effective config — the composed bundle config with the run's overrides applied —, the data,
+the validation interval and the thread count); ``--reuse`` takes a stored result whose fingerprint
 matches and runs the rest; an interrupted run leaves no result file. Commit ``<out>/runs`` to
 continue elsewhere.
 
@@ -195,11 +196,28 @@ def compose(method: str, scdl: bool, dataset: str, protocol: str) -> dict:
     return compose_config("train", method, dataset, protocol=proto, scdl=scdl)
 
 
+def effective_config(config: dict, overrides: dict) -> dict:
+    """The config a run trains with: ``config`` with ``overrides`` applied as the workflow applies them.
+
+    File locations (``_PATH_KEYS``) are left out, so the result does not depend on where a run lives.
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(copy.deepcopy(config))
+    parser.update({k: v for k, v in overrides.items() if k not in _PATH_KEYS})
+    return parser.get()
+
+
 def fingerprint(config: dict, overrides: dict, spec: dict) -> str:
-    """SHA-256 of everything that decides a run's result (not where its files live)."""
+    """SHA-256 of everything that decides a run's result (not where its files live).
+
+    It hashes the effective config, not the config and the overrides apart: a run made with
+    ``--set scdl_injection=none`` and a run of a later default ``scdl_injection: none`` train the same
+    thing and get the same fingerprint, so an ablation run becomes a main-table run when its setting
+    becomes the default.
+    """
     key = {
-        "config": config,
-        "overrides": {k: v for k, v in overrides.items() if k not in _PATH_KEYS},
+        "config": effective_config(config, overrides),
         "data": spec["data_id"],
         "val_every": spec["size"]["val_every"],
         "threads": spec["threads"],

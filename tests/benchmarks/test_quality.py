@@ -85,11 +85,16 @@ def test_quality_quick_reports_paired_tail_and_both_models_and_reuses_stored_run
     for report in record["networks"].values():
         assert 0.0 <= report["token_accuracy"] <= 1.0 and 0.0 < report["majority_baseline"] <= 1.0
         assert len(report["class_recall"]) == len(ORGANS) + 1 and report["sigma_mean"] > 0
-    assert 0.0 <= record["test_dice_prior_on"] <= 100.0 and 0.0 <= record["test_dice_prior_off"] <= 100.0
+    assert all(0.0 <= record[k] <= 100.0 for k in ("test_dice_prior_on", "test_dice_prior_off", "test_dice_batch_stats"))
     assert "| cps+scdl_seed0 | networks.0 |" in probe.stdout
-    not_scdl = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scdl_probe.py"), str(work / "runs" / "cps_seed0")],
-                              capture_output=True, text=True, timeout=600, env=ENV)  # fmt: skip
-    assert not_scdl.returncode == 2 and "no SCDL network" in not_scdl.stderr and "Traceback" not in not_scdl.stderr
+    plain = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scdl_probe.py"), str(work / "runs" / "cps_seed0"),
+                            "--out", str(tmp_path / "probe_plain")], capture_output=True, text=True, timeout=600, env=ENV)  # fmt: skip
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    (record,) = json.loads((tmp_path / "probe_plain" / "scdl_probe.json").read_text())
+    assert record["networks"] == {} and "| cps_seed0 | (no SCDL) |" in plain.stdout
+    missing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scdl_probe.py"), str(work / "runs" / "nothing")],
+                             capture_output=True, text=True, timeout=600, env=ENV)  # fmt: skip
+    assert missing.returncode == 2 and "not a finished quality.py run folder" in missing.stderr
 
     # --reuse: the stored results match these settings, nothing is trained again
     proc = _run("--seeds", "0", "--out", str(out), "--work-dir", str(work), "--configs", "supervised", "cps", "--reuse")
@@ -118,6 +123,19 @@ def test_quality_quick_reports_paired_tail_and_both_models_and_reuses_stored_run
     assert res2["extra_overrides"] == {"dropout": 0} and '"dropout": 0' in (out2 / "quality.md").read_text()
     assert res2["data"]["datalist"].endswith("mine.json")
     assert {r["config"]: r["status"] for r in res2["runs"]} == {"supervised": "ok", "fully_supervised": "ok"}
+
+
+def test_fingerprint_is_of_the_effective_config():
+    """An override and a default that say the same thing give the same fingerprint; paths do not count."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import quality
+
+    spec = {"data_id": {"phantom": 1}, "size": {"val_every": 10}, "threads": 1}
+    by_override = quality.fingerprint({"k": 1, "n": {"m": 2}}, {"k": 3, "bundle_root": "/a"}, spec)
+    by_default = quality.fingerprint({"k": 3, "n": {"m": 2}}, {"bundle_root": "/b"}, spec)
+    nested = quality.fingerprint({"k": 3, "n": {"m": 2}}, {"n#m": 5}, spec)
+    assert by_override == by_default != nested
+    assert quality.fingerprint({"k": 3, "n": {"m": 2}}, {}, {**spec, "threads": 2}) != by_default
 
 
 def test_bad_datalist_is_one_line(tmp_path):
