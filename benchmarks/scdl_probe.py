@@ -1,7 +1,8 @@
 """What did the SCDL branch of a benchmark run learn? Token assignments, proxies, prior strength.
 
 For every given run folder of ``benchmarks/quality.py`` (``--work-dir W`` keeps them as
-``W/runs/<config>_seed<N>``) that trained a ``+scdl`` configuration, this script rebuilds the run's
+``W/runs/<config>_seed<N>``) that trained a ``+scdl`` configuration (a baseline run gets its Dice
+figures only, for comparison), this script rebuilds the run's
 inference network from its ``train.json`` and ``overrides.json``, loads the last-iteration model
 (``models/model.pt``) and reports, per SCDL network (:func:`scdl_monai.networks.scdl_diagnostics.probe_scdl_network`,
 on patches tiling the test volumes):
@@ -12,7 +13,10 @@ on patches tiling the test volumes):
   between two class means;
 * ``‖projected prior‖ / ‖skip feature‖`` at the finest decoder stage;
 
-and the run's test Dice with the prior injected and with it switched off (same weights).
+and the run's test Dice with the prior injected, with it switched off (same weights), and with the
+prior on but every normalisation layer using each window's own batch statistics instead of its
+running estimates (train mode without gradients: no SCDL sampling; a gap to the first figure means
+the running statistics do not describe the features the network computes at inference).
 
 Runs from before ``overrides.json`` existed are rebuilt from the phantom budget, the seed in the
 folder name and ``--set`` (the overrides the run was made with).
@@ -110,9 +114,7 @@ def probe_run(run_dir: Path, extra: dict, threads: int) -> dict:
         image = d["image"].as_tensor() if hasattr(d["image"], "as_tensor") else d["image"]
         label = d["label"].as_tensor() if hasattr(d["label"], "as_tensor") else d["label"]
         cases.append((image[None].float(), label[None].long()))
-    scdl = find_scdl_networks(network)
-    if not scdl:
-        raise ValueError(f"{run_dir}: the inference network has no SCDL network (not a +scdl run?)")
+    scdl = find_scdl_networks(network)  # none for a baseline run: only its Dice figures are reported
     reports = {}
     for name, net in scdl:
         batches = [tile for image, label in cases for tile in _tiles(image, label, patch)]
@@ -129,20 +131,26 @@ def probe_run(run_dir: Path, extra: dict, threads: int) -> dict:
     flags = [net.use_prior_at_inference for _, net in scdl]
     for _, net in scdl:
         net.use_prior_at_inference = False
-    dice_off = dice()
+    dice_off = round(dice(), 2) if scdl else None
     for (_, net), flag in zip(scdl, flags):
         net.use_prior_at_inference = flag
-    return {"run": run_dir.name, "test_dice_prior_on": round(dice_on, 2), "test_dice_prior_off": round(dice_off, 2),
-            "networks": reports}  # fmt: skip
+    # normalisation with each window's own batch statistics instead of the running ones (last: it updates them)
+    network.train()
+    dice_batch_stats = dice()
+    return {"run": run_dir.name, "test_dice_prior_on": round(dice_on, 2), "test_dice_prior_off": dice_off,
+            "test_dice_batch_stats": round(dice_batch_stats, 2), "networks": reports}  # fmt: skip
 
 
 def markdown(records: list[dict]) -> str:
     lines = [
         "| Run | Network | Token acc. | Majority baseline | Organ recall | σ mean | Max proxy cos | Prior/feature (finest) "
-        "| Test Dice prior on | off |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Test Dice prior on | off | batch-stat norm. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rec in records:
+        if not rec["networks"]:  # a baseline run
+            lines.append(f"| {rec['run']} | (no SCDL) | | | | | | | {rec['test_dice_prior_on']:.2f} | – "
+                         f"| {rec['test_dice_batch_stats']:.2f} |")  # fmt: skip
         for name, r in rec["networks"].items():
             organs = [x for x in r["class_recall"][1:] if not math.isnan(x)]
             recall = sum(organs) / len(organs) if organs else math.nan
@@ -150,7 +158,7 @@ def markdown(records: list[dict]) -> str:
             lines.append(
                 f"| {rec['run']} | {name} | {100 * r['token_accuracy']:.1f} | {100 * r['majority_baseline']:.1f} "
                 f"| {100 * recall:.1f} | {r['sigma_mean']:.3f} | {r['max_proxy_cosine']:.2f} | {finest:.2f} "
-                f"| {rec['test_dice_prior_on']:.2f} | {rec['test_dice_prior_off']:.2f} |"
+                f"| {rec['test_dice_prior_on']:.2f} | {rec['test_dice_prior_off']:.2f} | {rec['test_dice_batch_stats']:.2f} |"
             )
     return "\n".join(lines) + "\n"
 
