@@ -1,4 +1,4 @@
-"""scdl_monai.inference: NIfTI (non-RAS) and DICOM inputs -> label maps in the input's own grid."""
+"""scdl_monai.cli.inference: NIfTI (non-RAS) and DICOM inputs -> label maps in the input's own grid."""
 
 import json
 import os
@@ -12,7 +12,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from scdl_monai.bundles import write_bundle
-from scdl_monai.inference import detect_reader, main, parse_overrides, predict
+from scdl_monai.cli.inference import detect_reader, main, parse_overrides, predict
 
 SMALL = {"n_filters": 4, "patch_size": [32, 32, 32]}
 
