@@ -10,10 +10,11 @@ so every layer may use it.
 from __future__ import annotations
 
 import importlib
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["SINCE", "moved_names"]
+__all__ = ["SINCE", "moved_names", "run_moved_command"]
 
 #: the release that moved the loose top-level modules into their layers.
 SINCE = "0.2.0"
@@ -63,3 +64,16 @@ def moved_names(
         return sorted({n for m in homes for n in getattr(importlib.import_module(m), "__all__", ())})
 
     return __getattr__, __dir__
+
+
+def run_moved_command(old: str, new: str) -> int:
+    """Run the command ``python -m <new>`` for the old ``python -m <old>``, after a one-line notice on stderr.
+
+    The old commands of the README (``python -m scdl_monai.inference``, ``scdl_monai.demo``,
+    ``scdl_monai.bundles``) keep working with the same arguments; the notice names the new one.
+
+    Returns:
+        the exit status of the new command's ``main()``.
+    """
+    print(f"note: `python -m {old}` is deprecated since scdl_monai {SINCE}; use `python -m {new}`.", file=sys.stderr)
+    return importlib.import_module(new).main()

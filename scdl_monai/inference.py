@@ -1,18 +1,10 @@
-"""Deprecated path: ``scdl_monai.inference`` moved to :mod:`scdl_monai.cli.inference`."""
+"""Deprecated path: ``scdl_monai.inference`` moved to :mod:`scdl_monai.cli.inference` (``python -m scdl_monai.inference`` still runs it)."""
 
 import sys
-import warnings
 
-from scdl_monai._deprecation import SINCE, moved_names
+from scdl_monai._deprecation import moved_names, run_moved_command
 
 __getattr__, __dir__ = moved_names(__name__, ["scdl_monai.cli.inference"])
 
 if __name__ == "__main__":
-    from scdl_monai.cli.inference import main
-
-    warnings.warn(
-        f"`python -m scdl_monai.inference` is deprecated since scdl_monai {SINCE}: use `python -m scdl_monai.cli.inference`.",
-        DeprecationWarning,
-        stacklevel=1,
-    )
-    sys.exit(main())
+    sys.exit(run_moved_command("scdl_monai.inference", "scdl_monai.cli.inference"))

@@ -1,15 +1,8 @@
 """Deprecated entry point: ``python -m scdl_monai.bundles`` runs ``python -m scdl_monai.cli.bundle_tool``."""
 
 import sys
-import warnings
 
-from scdl_monai._deprecation import SINCE
-from scdl_monai.cli.bundle_tool import main
+from scdl_monai._deprecation import run_moved_command
 
 if __name__ == "__main__":
-    warnings.warn(
-        f"`python -m scdl_monai.bundles` is deprecated since scdl_monai {SINCE}: use `python -m scdl_monai.cli.bundle_tool`.",
-        DeprecationWarning,
-        stacklevel=1,
-    )
-    sys.exit(main())
+    sys.exit(run_moved_command("scdl_monai.bundles", "scdl_monai.cli.bundle_tool"))
