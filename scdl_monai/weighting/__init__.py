@@ -22,21 +22,6 @@ from scdl_monai.weighting.counts import (
 from scdl_monai.weighting.difficulty import DiffDW, hard_dice_per_class
 from scdl_monai.weighting.frequency import ClassFrequencyTracker, blend_pseudo_logits, class_frequency_weights
 
-__all__ = [
-    "class_counts",
-    "distdw_weights",
-    "simis_weights",
-    "cld_weights",
-    "CLD_ABSENT_RULES",
-    "cld_sampling_rate",
-    "cld_sampling_mask",
-    "hard_dice_per_class",
-    "CountWeights",
-    "DistDW",
-    "SimiSWeights",
-    "DiffDW",
-    "ConfidenceBank",
-    "class_frequency_weights",
-    "blend_pseudo_logits",
-    "ClassFrequencyTracker",
-]
+from scdl_monai.weighting import confidence, counts, difficulty, frequency  # the submodules, for __all__
+
+__all__ = [*counts.__all__, *difficulty.__all__, *confidence.__all__, *frequency.__all__]
