@@ -16,11 +16,11 @@ import torch
 from monai.bundle import ConfigParser
 
 from scdl_monai.bundles import write_bundle
-from scdl_monai.evaluation import cli as evaluation_cli
 from scdl_monai.cli.inference import main as inference_main
+from scdl_monai.evaluation import cli as evaluation_cli
 from scdl_monai.networks.vnet import VNet
 
-from ..test_inference import write_dicom_series
+from ..cli.test_inference import write_dicom_series
 from .conftest import ct_volume, run_cli, save
 
 
