@@ -12,11 +12,11 @@ Peak memory: ``ru_maxrss`` of one short subprocess per configuration (peaks do n
   train, batch 2 labeled + 2 unlabeled patches of 32×64×64, SGD — for ``fp32`` (default layout),
   ``bf16`` (autocast), ``fast``
   (bf16 + channels_last_3d + conv guard, the recommended CPU policy) and ``fast_noguard`` (the
-  same without the conv guard: its cost; its gradients may be wrong, see scdl_monai.precision);
+  same without the conv guard: its cost; its gradients may be wrong, see scdl_monai.engines.cpu_bf16);
   medians over the iterations after warm-up;
 * **inference**: whole-volume sliding-window throughput (voxels/s) of one such VNet (eval mode),
   MONAI's default path (``SlidingWindowInferer(roi, sw_batch_size=1)``, fp32) vs
-  :class:`~scdl_monai.precision.PolicyInferer` (bf16, channels-last, ``sw_batch_size`` 4), same
+  :class:`~scdl_monai.engines.policy_inferer.PolicyInferer` (bf16, channels-last, ``sw_batch_size`` 4), same
   network weights, window and overlap; plus the fraction of voxels whose argmax agrees;
 * **peak memory**: ``ru_maxrss`` of each subprocess, and its increase over the resident set just
   before the first measured step;
@@ -116,7 +116,7 @@ def _build_trainer(config: str, size: dict):
     from torch.utils.data import DataLoader
 
     from scdl_monai.engines.trainer import SemiSupervisedTrainer
-    from scdl_monai.precision import PrecisionPolicy
+    from scdl_monai.engines.precision import PrecisionPolicy
 
     method, method_name = _build_method(size)
     g = torch.Generator().manual_seed(1)
@@ -191,7 +191,7 @@ def infer_child(configs: list[str], size: dict, argmax_dir: str | None) -> dict:
     from monai.inferers import SlidingWindowInferer
 
     from scdl_monai.networks.vnet import VNet
-    from scdl_monai.precision import PolicyInferer
+    from scdl_monai.engines.policy_inferer import PolicyInferer
 
     rss_start = rss_mib()
     torch.manual_seed(0)
@@ -447,7 +447,8 @@ def parity_child(config: str, seed: int, size: dict, datalist: str) -> dict:
     from scdl_monai.evaluation.metrics import evaluate_case
     from scdl_monai.methods.cps import CPS
     from scdl_monai.networks.vnet import VNet
-    from scdl_monai.precision import PolicyInferer, PrecisionPolicy
+    from scdl_monai.engines.policy_inferer import PolicyInferer
+    from scdl_monai.engines.precision import PrecisionPolicy
 
     data = json.loads(Path(datalist).read_text())
     c = 14  # phantom labels are Synapse ids 0..13

@@ -76,7 +76,7 @@ QUICK = {**BUDGETS["quick"], "num_cases": 5, "num_test": 1, "num_validation": 1,
 
 
 #: Suffix of a configuration run with the fast path (docs/performance.md): ``precision`` bf16 and
-#: ``channels_last`` true, the two bundle keys of ``scdl_monai.precision.PrecisionPolicy``.
+#: ``channels_last`` true, the two bundle keys of ``scdl_monai.engines.precision.PrecisionPolicy``.
 FAST = "@fast"
 
 

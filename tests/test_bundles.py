@@ -17,22 +17,21 @@ from scdl_monai.bundles import (
     SHIPPED,
     UNSHIPPED_METHODS,
     VARIANTS,
-    bundle_name,
     build_metadata,
+    bundle_name,
     compare_bundle_dirs,
     component_files,
-    compose_config,
     components_dir,
+    compose_config,
     default_protocol,
     export_network_id,
     extra_overlays,
-    latest_checkpoint,
-    main,
-    resume_checkpoint,
-    schema_path,
     scdl_available,
+    schema_path,
     write_bundle,
 )
+from scdl_monai.cli.bundle_tool import main
+from scdl_monai.handlers.checkpoint import latest_checkpoint, resume_checkpoint
 from scdl_monai.data.transforms import protocol_transforms
 
 from .conftest import REPO_ROOT
@@ -95,7 +94,7 @@ def test_committed_bundles_equal_their_regeneration(tmp_path):
         name = bundle_name(method, dataset)
         write_bundle(method, dataset, tmp_path / name)
         problems += [f"{name}: {p}" for p in compare_bundle_dirs(tmp_path / name, REPO_ROOT / "bundles" / name)]
-    assert problems == [], "run `python -m scdl_monai.bundles write-all`:\n" + "\n".join(problems)
+    assert problems == [], "run `python -m scdl_monai.cli.bundle_tool write-all`:\n" + "\n".join(problems)
     assert sorted(p.name for p in (REPO_ROOT / "bundles").iterdir()) == sorted(bundle_name(m, d) for m, d in SHIPPED)
 
 
@@ -120,7 +119,7 @@ def test_written_bundle_layout(tmp_path):
     assert "Apache License" in (out / "LICENSE").read_text()
     assert "not" in (out / "docs" / "data_license.txt").read_text() and "AMOS" in (out / "docs" / "data_license.txt").read_text()
     readme = (out / "docs" / "README.md").read_text()
-    for command in ("configs/train.json", "multi_gpu_train.json", "evaluate.json", "ckpt_export", "scdl_monai.inference",
+    for command in ("configs/train.json", "multi_gpu_train.json", "evaluate.json", "ckpt_export", "scdl_monai.cli.inference",
                     "--tracking mlflow", "'configs/train.json','configs/scdl.json'", "'configs/inference.json','configs/scdl.json'",
                     "'configs/train.json','configs/evaluate.json','configs/scdl.json'",
                     "'configs/train.json','configs/multi_gpu_train.json','configs/scdl.json'"):  # fmt: skip
@@ -381,7 +380,7 @@ def test_precision_default_follows_amp(kind):
     assert (policy.precision, policy.channels_last) == ("bf16", True)
     config = parser.config
     inferer = config["validate"]["inferer"] if kind == "train" else config["inferer"]
-    assert inferer["_target_"] == "scdl_monai.precision.PolicyInferer" and inferer["precision"] == "@precision_policy"
+    assert inferer["_target_"] == "scdl_monai.engines.policy_inferer.PolicyInferer" and inferer["precision"] == "@precision_policy"
     if kind == "train":
         assert config["train"]["trainer"]["precision"] == "@precision_policy" and "amp" not in config["train"]["trainer"]
     evaluator = config["validate"]["evaluator"] if kind == "train" else config["evaluator"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scdl_monai.preflight import check_checkpoint
+from scdl_monai.engines.preflight import check_checkpoint
 
 PACKAGE = Path(__file__).resolve().parents[1] / "scdl_monai"
 

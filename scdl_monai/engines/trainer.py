@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from scdl_monai.engines.keys import SSLKeys
 from scdl_monai.methods.base import MethodOutput, SemiSupervisedMethod, plain_tensor
-from scdl_monai.precision import PrecisionPolicy, as_policy
+from scdl_monai.engines.precision import PrecisionPolicy, as_policy
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, EventEnum
@@ -71,7 +71,7 @@ class SemiSupervisedTrainer(Trainer):
        the images are laid out channels-last when the precision policy says so;
     2. ``method.train()``; zero the gradients of every optimizer;
     3. ``method.train_step(engine, image_l, label_l, image_u)`` under the precision policy's
-       autocast (:meth:`scdl_monai.precision.PrecisionPolicy.autocast`: fp32, bf16, or fp16);
+       autocast (:meth:`scdl_monai.engines.precision.PrecisionPolicy.autocast`: fp32, bf16, or fp16);
        fire ``IterationEvents.FORWARD_COMPLETED`` and ``LOSS_COMPLETED``;
     4. one backward through one ``torch.amp.GradScaler`` (enabled only for float16 on CUDA);
        ``BACKWARD_COMPLETED``; ``scaler.step`` every optimizer, ``scaler.update()``;
@@ -106,7 +106,7 @@ class SemiSupervisedTrainer(Trainer):
     always does; no code is unpickled). Load any checkpoint yourself the same way.
 
     Precision (docs/performance.md): pass ``precision`` — a
-    :class:`~scdl_monai.precision.PrecisionPolicy`, a name ("fp32", "bf16", "fp16") or a dict of
+    :class:`~scdl_monai.engines.precision.PrecisionPolicy`, a name ("fp32", "bf16", "fp16") or a dict of
     its arguments — to choose the precision and memory format in one place. It is resolved
     against ``device`` here (fallbacks such as fp16 on CPU → fp32 are logged), the method's
     networks are converted to channels-last once (``policy.prepare_module(method)``), the images
@@ -117,7 +117,7 @@ class SemiSupervisedTrainer(Trainer):
     CPU bf16: torch 2.13's oneDNN bf16 conv3d weight gradient is wrong (NaN or huge values,
     depending on recycled memory) for inputs smaller than the kernel along the first spatial
     axis, e.g. the VNet bottleneck; the policy's guard rewrites exactly those convolutions (axis
-    swap in bf16, or fp32; see :mod:`scdl_monai.precision`), so
+    swap in bf16, or fp32; see :mod:`scdl_monai.engines.precision`), so
     ``torch.backends.mkldnn.enabled = False`` is no longer needed.
 
     The trainer builds nothing: the method, optimizers and loaders come from the caller/config.
@@ -145,7 +145,7 @@ class SemiSupervisedTrainer(Trainer):
             falls back to float32, logged).
         optim_set_to_none: ``optimizer.zero_grad(set_to_none=...)``.
         amp_kwargs: extra ``torch.autocast`` keyword arguments (``dtype``/``enabled`` come from the policy).
-        precision: the :class:`~scdl_monai.precision.PrecisionPolicy` (or a precision name / dict);
+        precision: the :class:`~scdl_monai.engines.precision.PrecisionPolicy` (or a precision name / dict);
             ``None`` = derived from ``amp``/``amp_dtype``. Available resolved as ``engine.precision``.
 
     Raises:

@@ -29,7 +29,7 @@ def _user_errors_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _check_out_dir(out_dir: str) -> None:
     """Refuse an output folder that cannot be written before any metric is computed."""
-    from scdl_monai.preflight import check_writable
+    from scdl_monai.engines.preflight import check_writable
 
     problems = check_writable(out_dir, "out_dir")
     if problems:

@@ -24,6 +24,9 @@ and ``--resume true`` must pick the last good checkpoint instead.
 model goes to ``models/model.pt`` through the evaluator's key-metric saver, and a run during which
 no validation ran (shorter than ``val_interval``) writes its final weights there instead, so every
 training run leaves a ``model.pt`` for evaluation and inference.
+
+:func:`resume_checkpoint` is the bundles' ``resume_from`` (``--resume true``): the newest complete
+checkpoint of the run (:func:`latest_checkpoint`), or ``""`` to start fresh.
 """
 
 from __future__ import annotations
@@ -38,10 +41,17 @@ from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 
-from scdl_monai.data.utils import atomic_write
+from scdl_monai.data.utils import as_flag, atomic_write
 from scdl_monai.handlers.nonfinite import NonFiniteLossError
 
-__all__ = ["PARTIAL_MARK", "AtomicDiskSaver", "AtomicCheckpointSaver", "FinalModelSaver"]
+__all__ = [
+    "PARTIAL_MARK",
+    "AtomicDiskSaver",
+    "AtomicCheckpointSaver",
+    "FinalModelSaver",
+    "latest_checkpoint",
+    "resume_checkpoint",
+]
 
 #: Part of every temporary file name (``.<final name>.partial-<random>``).
 PARTIAL_MARK = ".partial-"
@@ -206,3 +216,62 @@ class FinalModelSaver:
         AtomicDiskSaver(self.save_dir, filename=self.filename)(self.network.state_dict(), self.filename)
         self.saved = path
         engine.logger.info(f"no validation ran: saved the final weights to {path}")
+
+
+def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint", missing: str = "raise") -> str:
+    """Newest complete full-state checkpoint ``<ckpt_dir>/<prefix>*.pt`` (by modification time).
+
+    Used by ``--resume true``. The bundles save through
+    :class:`~scdl_monai.handlers.checkpoint.AtomicCheckpointSaver` (temporary file + rename), so a
+    run killed while saving leaves no truncated ``*.pt``; checkpoints written by other tools (e.g.
+    MONAI's plain ``CheckpointSaver``, which is not atomic) may be truncated: files that are not
+    complete zip archives (the ``torch.save`` format) are skipped with a warning.
+
+    Args:
+        ckpt_dir: the checkpoint folder.
+        prefix: file-name prefix of the full-state checkpoints.
+        missing: when there is none: ``"raise"`` (default) a ``FileNotFoundError``, or
+            ``"pattern"`` return the glob pattern ``<ckpt_dir>/<prefix>*.pt`` itself — what the
+            bundles use, so that the start-up check (:func:`scdl_monai.engines.preflight.check_training`,
+            key ``resume_from``) reports "file not found" in its one message instead of a traceback
+            from inside the config expression.
+
+    Raises:
+        FileNotFoundError: when there is none and ``missing="raise"`` (naming the folder).
+        ValueError: unknown ``missing``.
+    """
+    import warnings
+
+    if missing not in ("raise", "pattern"):
+        raise ValueError(f"latest_checkpoint: missing must be 'raise' or 'pattern', got {missing!r}.")
+    import zipfile
+
+    folder = Path(ckpt_dir)
+    found = sorted(folder.glob(f"{prefix}*.pt"), key=lambda p: (p.stat().st_mtime_ns, p.name)) if folder.is_dir() else []
+    for path in reversed(found):
+        if zipfile.is_zipfile(path):
+            return str(path)
+        warnings.warn(f"resume: skipping incomplete checkpoint {path}", stacklevel=2)
+    if missing == "pattern":
+        return str(folder.resolve() / f"{prefix}*.pt")
+    raise FileNotFoundError(f"resume: no checkpoint '{prefix}*.pt' in {folder.resolve()} (train first, or pass --resume_from PATH).")
+
+
+def resume_checkpoint(ckpt_dir: str | Path, resume: bool | str = False, prefix: str = "checkpoint") -> str:
+    """The bundles' ``resume_from``: ``""`` (start fresh) unless ``resume``, else the newest checkpoint.
+
+    With ``resume`` and no checkpoint in ``ckpt_dir`` it returns the glob pattern
+    ``<ckpt_dir>/<prefix>*.pt`` (:func:`latest_checkpoint` with ``missing="pattern"``), which the
+    start-up check reports as "file not found" in its one message.
+
+    Args:
+        ckpt_dir: the checkpoint folder (``ckpt_dir`` of the bundle).
+        resume: a bool, or its command-line spelling (``--resume true`` arrives as ``"true"``).
+        prefix: file-name prefix of the full-state checkpoints.
+
+    Raises:
+        ValueError: ``resume`` is not a bool spelling.
+    """
+    if not as_flag(resume, "resume"):
+        return ""
+    return latest_checkpoint(ckpt_dir, prefix=prefix, missing="pattern")

@@ -97,7 +97,7 @@ class StopOnNonFiniteLoss:
 
 
 def _last_checkpoint_hint(ckpt_dir: str) -> str:
-    from scdl_monai.bundles import latest_checkpoint
+    from scdl_monai.handlers.checkpoint import latest_checkpoint  # here: checkpoint imports this module
 
     try:
         return f"Last good checkpoint: {latest_checkpoint(ckpt_dir)} (lower learning_rate, then resume with --resume true)."

@@ -136,7 +136,7 @@ class SemiSupervisedMethod(nn.Module):
     #: attribute names of the trainable networks, in a fixed order (used by networks()/wrap_ddp()).
     network_names: tuple[str, ...] = ()
     #: whether training needs the unlabeled stream (checked before a bundle starts, see
-    #: :func:`scdl_monai.preflight.check_training`); False for the labeled-only baseline.
+    #: :func:`scdl_monai.engines.preflight.check_training`); False for the labeled-only baseline.
     requires_unlabeled: bool = True
 
     def __init__(self) -> None:

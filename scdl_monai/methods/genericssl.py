@@ -26,8 +26,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from scdl_monai.diffusion import GaussianDiffusion
-from scdl_monai.ema import ema_average_into
+from scdl_monai.networks.diffusion import GaussianDiffusion
+from scdl_monai.networks.weight_ema import ema_average_into
 from scdl_monai.losses.segmentation import DiceCELoss
 from scdl_monai.methods.base import MethodOutput, SemiSupervisedMethod, call_loss, class_labels, plain_tensor
 from scdl_monai.methods.pseudo_label_fusion import KERNEL_SIZE, SIGMA, TAU, FusedPseudoLabels, fuse_pseudo_labels
@@ -115,7 +115,7 @@ class GenericSSL(SemiSupervisedMethod):
        (D_θ has none; ``ema_skip`` also excludes any name containing ``"temb"``). D_θ additionally
        gets SGD gradients from L_u.
     2. ``x0 = 2·onehot(y_L) − 1``, ``t ~ U{0..T−1}`` per sample, ``x_t = q_sample(x0, t)``
-       (linear β 1e-4 → 0.02, T = 1000: :class:`~scdl_monai.diffusion.GaussianDiffusion`).
+       (linear β 1e-4 → 0.02, T = 1000: :class:`~scdl_monai.networks.diffusion.GaussianDiffusion`).
     3. ``L_deno = CE + Dice(D_ξ(x_L, x_t, t), y_L)`` — D_ξ's x0 prediction is used directly as
        **logits** (no MSE), unweighted.
     4. ``w = DiffDW(argmax D_ξ(...) detached, y_L)`` (DiffDW recurrence without max-normalisation,
@@ -230,7 +230,7 @@ class GenericSSL(SemiSupervisedMethod):
             diffusion = GaussianDiffusion()
         if not isinstance(diffusion, GaussianDiffusion):
             raise ValueError(
-                "GenericSSL: diffusion must be a scdl_monai.diffusion.GaussianDiffusion, "
+                "GenericSSL: diffusion must be a scdl_monai.networks.diffusion.GaussianDiffusion, "
                 f"got {type(diffusion).__name__}."
             )
         if isinstance(ema_momentum, bool) or not isinstance(ema_momentum, (int, float)) or not 0 <= ema_momentum <= 1:

@@ -41,8 +41,8 @@ Reference details kept on purpose:
 - Two reference bugs are switches, fixed by default: ``reproduce_index_bug`` (the GA/SCDL copies
   build the cube-wise pseudo-label from the **labeled** samples' cubes) and
   ``reproduce_grid_transpose_bug`` (the reference places within-image cubes transposed across the
-  first and last grid axes) — see :func:`scdl_monai.cubes.pseudo_label_cube_indices` and
-  :func:`scdl_monai.cubes.reassemble_cubes`.
+  first and last grid axes) — see :func:`scdl_monai.data.cubes.pseudo_label_cube_indices` and
+  :func:`scdl_monai.data.cubes.reassemble_cubes`.
 
 Implementation choices (same numbers as the reference for its InstanceNorm VNet, less work):
 
@@ -72,9 +72,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import nn
 
-from scdl_monai.cubes import (
-    ClassFrequencyTracker,
-    blend_pseudo_logits,
+from scdl_monai.data.cubes import (
     cross_image_partition,
     cross_image_permutations,
     cross_image_recovery,
@@ -83,8 +81,9 @@ from scdl_monai.cubes import (
     pseudo_label_cube_indices,
     reassemble_cubes,
 )
+from scdl_monai.weighting.frequency import ClassFrequencyTracker, blend_pseudo_logits
 from scdl_monai.data.utils import check_number
-from scdl_monai.ema import ema_update
+from scdl_monai.networks.weight_ema import ema_update
 from scdl_monai.losses.ga import GACELoss, GADiceLoss
 from scdl_monai.losses.segmentation import WeightedCELoss
 from scdl_monai.methods.base import MethodOutput, SemiSupervisedMethod

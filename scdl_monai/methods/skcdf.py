@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scdl_monai.data.utils import check_number, look_up
-from scdl_monai.ema import ema_update
+from scdl_monai.networks.weight_ema import ema_update
 from scdl_monai.losses.segmentation import DiceCELoss
 from scdl_monai.methods.base import MethodOutput, SemiSupervisedMethod, class_labels, plain_tensor
 from scdl_monai.networks.skcdf import SKCDFOutput

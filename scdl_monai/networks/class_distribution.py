@@ -345,7 +345,7 @@ class SCDL(nn.Module):
         z = self.project(x, stochastic)
         # The class statistics (cosines, softmax assignments at tau 0.2, priors) stay float32 under a
         # bf16/fp16 autocast policy: a bf16 cosine has ~3 significant digits, amplified 5x by 1/tau
-        # (precision.py "Where float32 is kept"). Tokens are few (patch/8 per axis): negligible cost.
+        # (scdl_monai.engines.precision, "Where float32 is kept"). Tokens are few (patch/8 per axis): negligible cost.
         with torch.autocast(tokens.device.type, enabled=False):
             z = z.float()
             z_hat = F.normalize(z, dim=-1)

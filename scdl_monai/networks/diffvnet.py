@@ -29,7 +29,7 @@ Layout (docs/methods.md#diffvnet) checked against the reference files
 * PyTorch default initialisation (the reference applies no re-initialisation).
 
 Parameter names of the three decoders coincide except for D_ξ's ``temb_proj`` layers, so the
-parameter EMA of A&D (:func:`scdl_monai.ema.ema_average_into`, ``decoder_theta ← (decoder_xi +
+parameter EMA of A&D (:func:`scdl_monai.networks.weight_ema.ema_average_into`, ``decoder_theta ← (decoder_xi +
 decoder_psi)/2``) matches every conv/norm parameter and naturally leaves the time projections out.
 
 Parameter count (``n=32``, 1 input channel, ``C=14``, batch norm): **56,803,210**. The reference

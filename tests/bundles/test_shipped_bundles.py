@@ -24,7 +24,8 @@ from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metad
 
 from scdl_monai.bundles import METHOD_PROTOCOLS, VARIANTS, bundle_name, export_network_id, schema_path
 from scdl_monai.data.phantom import generate_phantom
-from scdl_monai.precision import PolicyInferer, cpu_bf16_support
+from scdl_monai.engines.policy_inferer import PolicyInferer
+from scdl_monai.engines.precision import cpu_bf16_support
 
 from ..conftest import REPO_ROOT
 from .conftest import tiny

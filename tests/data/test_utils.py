@@ -207,7 +207,7 @@ def test_unknown_name_under_monai_bundle_run_gives_one_line(tmp_path):
 def test_unknown_name_under_the_inference_cli_gives_one_line(tmp_path):
     nib.save(nib.Nifti1Image(np.full((16, 16, 16), -500, np.int16), np.eye(4)), str(tmp_path / "ct.nii.gz"))
     (tmp_path / "weights.pt").write_bytes(b"")  # the name is refused while the network is built, before the weights are read
-    out = _run("-m", "scdl_monai.inference", "--input", tmp_path / "ct.nii.gz", "--bundle", REPO_ROOT / "bundles" / "cps_synapse",
+    out = _run("-m", "scdl_monai.cli.inference", "--input", tmp_path / "ct.nii.gz", "--bundle", REPO_ROOT / "bundles" / "cps_synapse",
                "--ckpt", tmp_path / "weights.pt", "--output", tmp_path / "o", "--override", "network_def#name=resnet",
                cwd=tmp_path)  # fmt: skip
     assert out.returncode == 1 and "Traceback" not in out.stderr + out.stdout

@@ -11,7 +11,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from scdl_monai.bundles import latest_checkpoint
+from scdl_monai.handlers.checkpoint import latest_checkpoint
 from scdl_monai.handlers.checkpoint import PARTIAL_MARK, AtomicCheckpointSaver
 from scdl_monai.handlers.nonfinite import NonFiniteLossError
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from scdl_monai.ema import ema_average_into
+from scdl_monai.networks.weight_ema import ema_average_into
 from scdl_monai.networks.diffvnet import DiffVNet, timestep_embedding
 
 

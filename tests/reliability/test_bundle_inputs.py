@@ -1,6 +1,6 @@
 """Bad configuration and data through ``python -m monai.bundle run`` on a training bundle.
 
-The bundle's first ``run`` step is :func:`scdl_monai.preflight.check_training`: every mistake
+The bundle's first ``run`` step is :func:`scdl_monai.engines.preflight.check_training`: every mistake
 below ends the run before any dataset is cached or file written, with one message naming the
 config key or file and exit status 1. The rows call ``monai.bundle.scripts.run`` in-process (the
 function ``python -m monai.bundle run`` calls); one row and the NaN-loss fault run as real
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from scdl_monai.bundles import component_files, components_dir
-from scdl_monai.bundles import main as bundles_main
+from scdl_monai.cli.bundle_tool import main as bundles_main
 from scdl_monai.data.utils import UnknownNameError, user_error_message
 from scdl_monai.methods.cps import CPS
 from scdl_monai.networks.vnet import VNet

@@ -1,7 +1,7 @@
-"""Bad inputs through ``python -m scdl_monai.inference`` and ``python -m scdl_monai.evaluation``.
+"""Bad inputs through ``python -m scdl_monai.cli.inference`` and ``python -m scdl_monai.evaluation``.
 
 Inference checks every input, the weights and the output folder before computing anything
-(:func:`scdl_monai.preflight.check_inference`) and lists all problems at once; the rows call the
+(:func:`scdl_monai.engines.preflight.check_inference`) and lists all problems at once; the rows call the
 command's ``main`` in-process, one runs as a real subprocess. Evaluation rows not covered by
 ``tests/evaluation/test_cli.py`` (shape and orientation mismatches, unpaired files, label ids out
 of range are there) are added here.
@@ -16,11 +16,11 @@ import torch
 from monai.bundle import ConfigParser
 
 from scdl_monai.bundles import write_bundle
+from scdl_monai.cli.inference import main as inference_main
 from scdl_monai.evaluation import cli as evaluation_cli
-from scdl_monai.inference import main as inference_main
 from scdl_monai.networks.vnet import VNet
 
-from ..test_inference import write_dicom_series
+from ..cli.test_inference import write_dicom_series
 from .conftest import ct_volume, run_cli, save
 
 
@@ -68,7 +68,7 @@ def test_bad_inputs_and_output_are_listed_before_anything_runs(bundle, bad_files
 
 def test_checkpoint_of_another_architecture_in_a_real_process(bundle, bad_files, tmp_path):
     torch.save(VNet(3, 1, 3, n_filters=4).state_dict(), tmp_path / "three_classes.pt")
-    out = run_cli("-m", "scdl_monai.inference", "--input", bad_files["image"], "--bundle", bundle,
+    out = run_cli("-m", "scdl_monai.cli.inference", "--input", bad_files["image"], "--bundle", bundle,
                   "--output", tmp_path / "out", "--ckpt", tmp_path / "three_classes.pt", "--progress", "false")  # fmt: skip
     print(out.stderr)
     assert out.returncode == 1 and "Traceback" not in out.stderr

@@ -1,11 +1,11 @@
-"""Tests for scdl_monai.diffusion: schedule, q_sample moments, respacing and the DDIM sampler."""
+"""Tests for scdl_monai.networks.diffusion: schedule, q_sample moments, respacing and the DDIM sampler."""
 
 import math
 
 import pytest
 import torch
 
-from scdl_monai.diffusion import GaussianDiffusion, linear_beta_schedule, space_timesteps
+from scdl_monai.networks.diffusion import GaussianDiffusion, linear_beta_schedule, space_timesteps
 
 
 def _alpha_bar_f64(T=1000, b0=1e-4, b1=0.02):

@@ -1,4 +1,4 @@
-"""scdl_monai.demo end to end on the shipped real CT samples, shortened to 1 epoch and 4 filters.
+"""scdl_monai.cli.demo end to end on the shipped real CT samples, shortened to 1 epoch and 4 filters.
 
 This is the README's first command (CPS + SCDL) with fewer epochs (the full demo trains 80); it runs in the
 default suite because every stage (bundle write-out, monai.bundle training on real CT with an
@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scdl_monai.demo import DEMO_CASES, main, prepare_data, run_demo
+from scdl_monai.cli.demo import DEMO_CASES, main, prepare_data, run_demo
 
 
 def test_demo_writes_metrics_prediction_and_overlay(samples_dir, tmp_path):
@@ -45,7 +45,7 @@ def test_demo_writes_metrics_prediction_and_overlay(samples_dir, tmp_path):
     # the plain command the demo prints segments another patient's real CT (the chest CT crop, LPS 1.5 mm)
     other = samples_dir / DEMO_CASES["unlabeled"][1]["image"]
     out = tmp_path / "other_seg.nii.gz"
-    proc = subprocess.run([sys.executable, "-m", "scdl_monai.inference", "--input", str(other), "--bundle",
+    proc = subprocess.run([sys.executable, "-m", "scdl_monai.cli.inference", "--input", str(other), "--bundle",
                            str(paths["bundle"]), "--output", str(out)], capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     seg, ct = nib.load(str(out)), nib.load(str(other))

@@ -1,10 +1,10 @@
-"""Tests for scdl_monai.ema: parameter EMA (mean teacher) and A&D's decoder averaging."""
+"""Tests for scdl_monai.networks.weight_ema: parameter EMA (mean teacher) and A&D's decoder averaging."""
 
 import pytest
 import torch
 from torch import nn
 
-from scdl_monai.ema import ema_average_into, ema_update
+from scdl_monai.networks.weight_ema import ema_average_into, ema_update
 
 
 class Tiny(nn.Module):

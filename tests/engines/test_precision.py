@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.precision (docs/performance.md): policy resolution, memory format, guard, trainer, inferer."""
+"""Tests for scdl_monai.engines.precision, policy_inferer and cpu_bf16 (docs/performance.md): policy resolution, memory format, guard, trainer, inferer."""
 
 import json
 import logging
@@ -15,15 +15,10 @@ from scdl_monai.engines.trainer import SemiSupervisedTrainer
 from scdl_monai.losses.segmentation import DiceCELoss, as_float32
 from scdl_monai.methods.supervised import Supervised
 from scdl_monai.networks.vnet import VNet
-from scdl_monai.precision import (
-    BF16ConvGuard,
-    PolicyInferer,
-    PrecisionPolicy,
-    as_policy,
-    cpu_bf16_support,
-)
+from scdl_monai.engines.policy_inferer import PolicyInferer
+from scdl_monai.engines.precision import BF16ConvGuard, PrecisionPolicy, as_policy, cpu_bf16_support
 
-from .conftest import REPO_ROOT
+from ..conftest import REPO_ROOT
 
 C = 3
 SHAPE = (16, 16, 16)
@@ -54,7 +49,7 @@ def recycle_nan_memory():
 
 # ---------------------------------------------------------------- resolution and fallbacks
 def test_fp16_on_cpu_falls_back_to_fp32_with_logged_reason(caplog):
-    with caplog.at_level(logging.WARNING, logger="scdl_monai.precision"):
+    with caplog.at_level(logging.WARNING, logger="scdl_monai.engines.precision"):
         policy = PrecisionPolicy("fp16", channels_last=True).resolve("cpu")
     assert (policy.precision, policy.requested, policy.dtype) == ("fp32", "fp16", torch.float32)
     assert not policy.autocast_enabled and not policy.use_grad_scaler and not policy.conv_guard
@@ -67,7 +62,7 @@ def test_fp16_on_cpu_falls_back_to_fp32_with_logged_reason(caplog):
 
 def test_bf16_without_cpu_support_falls_back_to_fp32_with_warning(caplog):
     # oneDNN switched off is a real "no usable bf16" condition on any machine
-    with torch.backends.mkldnn.flags(enabled=False), caplog.at_level(logging.WARNING, logger="scdl_monai.precision"):
+    with torch.backends.mkldnn.flags(enabled=False), caplog.at_level(logging.WARNING, logger="scdl_monai.engines.precision"):
         policy = PrecisionPolicy("bf16").resolve("cpu")
     assert policy.precision == "fp32" and policy.requested == "bf16" and not policy.conv_guard
     assert "bf16 requested on 'cpu' -> fp32" in caplog.text and "mkldnn.enabled is False" in caplog.text
@@ -76,7 +71,7 @@ def test_bf16_without_cpu_support_falls_back_to_fp32_with_warning(caplog):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_cuda_request_without_cuda_falls_back(precision, caplog):
-    with caplog.at_level(logging.WARNING, logger="scdl_monai.precision"):
+    with caplog.at_level(logging.WARNING, logger="scdl_monai.engines.precision"):
         policy = PrecisionPolicy(precision).resolve("cuda:0")
     assert policy.precision == "fp32" and policy.device_type == "cuda"
     assert "CUDA is not available" in caplog.text
@@ -84,7 +79,7 @@ def test_cuda_request_without_cuda_falls_back(precision, caplog):
 
 @needs_cpu_bf16
 def test_bf16_on_capable_cpu_is_kept_with_guard(caplog):
-    with caplog.at_level(logging.WARNING, logger="scdl_monai.precision"):
+    with caplog.at_level(logging.WARNING, logger="scdl_monai.engines.precision"):
         policy = PrecisionPolicy("bfloat16", channels_last=True).resolve("cpu")
     assert caplog.text == ""  # nothing fell back
     assert (policy.precision, policy.dtype, policy.conv_guard) == ("bf16", torch.bfloat16, True)
@@ -95,7 +90,7 @@ def test_bf16_on_capable_cpu_is_kept_with_guard(caplog):
 
 
 def test_channels_last_for_1d_networks_is_disabled_with_reason(caplog):
-    with caplog.at_level(logging.WARNING, logger="scdl_monai.precision"):
+    with caplog.at_level(logging.WARNING, logger="scdl_monai.engines.precision"):
         policy = PrecisionPolicy(channels_last=True, spatial_dims=1).resolve("cpu")
     assert not policy.channels_last and "1-D network" in caplog.text
 
@@ -332,7 +327,7 @@ def test_trainer_fp32_policy_and_legacy_amp_mapping(caplog):
     trainer = run_trainer("fp32")
     assert [r["autocast"][0] for r in trainer.method.records] == [False, False]
     assert not any(r["weight_cl"] for r in trainer.method.records)  # (1-channel images are layout-ambiguous)
-    with caplog.at_level(logging.WARNING, logger="scdl_monai.precision"):
+    with caplog.at_level(logging.WARNING, logger="scdl_monai.engines.precision"):
         legacy = run_trainer(None, n=1, amp=True, amp_dtype="float16")
     # amp_dtype keeps the request; the effective policy falls back on CPU, with a logged reason
     assert legacy.amp_dtype == torch.float16 and legacy.precision.precision == "fp32"
@@ -394,7 +389,7 @@ def test_policy_inferer_bf16_channels_last_matches_fp32_argmax():
 
 
 def test_policy_inferer_falls_back_and_validates(caplog):
-    with caplog.at_level(logging.WARNING, logger="scdl_monai.precision"):
+    with caplog.at_level(logging.WARNING, logger="scdl_monai.engines.precision"):
         inferer = PolicyInferer(SHAPE, precision="fp16")
         out = inferer(torch.randn(1, 1, 16, 16, 16), tiny_vnet(norm="batch").eval())
     assert out.dtype == torch.float32 and inferer.policy_for("cpu").precision == "fp32"
@@ -433,7 +428,7 @@ def test_quick_benchmark_smoke(tmp_path):
 def test_exact_overlap_gives_the_intended_monai_stride():
     from monai.inferers.utils import _get_scan_interval
 
-    from scdl_monai.precision import exact_overlap
+    from scdl_monai.engines.policy_inferer import exact_overlap
 
     # plain floats: 96 * (1 - 5/6) = 15.999999999999996, which MONAI truncates to 15
     assert _get_scan_interval((200, 200, 200), (96, 96, 96), 3, (5 / 6,) * 3) == (15, 15, 15)

@@ -1,4 +1,4 @@
-"""scdl_monai.preflight: the single checks (the entry points are tested in tests/reliability/)."""
+"""scdl_monai.engines.preflight: the single checks (the entry points are tested in tests/reliability/)."""
 
 import numpy as np
 import pytest
@@ -10,15 +10,15 @@ from scdl_monai.methods.supervised import Supervised
 from scdl_monai.networks.diffvnet import DiffVNet
 from scdl_monai.networks.magicnet import MagicNetwork
 from scdl_monai.networks.vnet import VNet
-from scdl_monai.preflight import (
+from scdl_monai.engines.preflight import (
     PreflightError,
     _resampled_ras_shape,
     check_checkpoint,
     check_divisible,
     check_num_classes,
+    check_protocol,
     check_splits,
     check_training,
-    check_protocol,
     check_writable,
     shape_factor,
     shape_hyperparameters,

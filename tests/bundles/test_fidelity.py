@@ -1,4 +1,4 @@
-"""The shipped bundles infer as the reference test scripts (``scdl_monai.fidelity.INFERENCE``), and
+"""The shipped bundles infer as the reference test scripts (``scdl_monai.bundles.fidelity.INFERENCE``), and
 ``docs/fidelity.md`` shows exactly those records; a drift in a bundle, the docs or the records fails."""
 
 import math
@@ -11,11 +11,11 @@ from monai.data.utils import dense_patch_slices
 from torch import nn
 
 from scdl_monai.bundles import METHODS, VARIANTS, bundle_name
-from scdl_monai.fidelity import INFERENCE, markdown_table, reference_overlap
+from scdl_monai.bundles.fidelity import INFERENCE, markdown_table, reference_overlap
 from scdl_monai.methods.base import LogitMean
-from scdl_monai.precision import PolicyInferer
+from scdl_monai.engines.policy_inferer import PolicyInferer
 
-from .conftest import REPO_ROOT
+from ..conftest import REPO_ROOT
 
 BUNDLES = REPO_ROOT / "bundles"
 
@@ -77,7 +77,7 @@ def test_the_logits_switch_restores_logit_averaging_and_the_post_softmax():
 @pytest.mark.parametrize("method", METHODS)
 def test_docs_fidelity_shows_the_records(method):
     text = (REPO_ROOT / "docs" / "fidelity.md").read_text()
-    assert markdown_table(method) in text, f"docs/fidelity.md: the {method} table differs from scdl_monai.fidelity"
+    assert markdown_table(method) in text, f"docs/fidelity.md: the {method} table differs from scdl_monai.bundles.fidelity"
 
 
 @pytest.mark.parametrize("method", METHODS)

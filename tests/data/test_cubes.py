@@ -1,4 +1,4 @@
-"""Tests for scdl_monai.cubes: MagicNet cube partition / recovery / blending (docs/methods.md#magicnet)."""
+"""Tests for scdl_monai.data.cubes: MagicNet cube partition / recovery / location labels (docs/methods.md#magicnet)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import itertools
 import pytest
 import torch
 
-from scdl_monai.cubes import (
-    ClassFrequencyTracker,
-    blend_pseudo_logits,
-    class_frequency_weights,
+from scdl_monai.data.cubes import (
     cross_image_partition,
     cross_image_permutations,
     cross_image_recovery,
@@ -31,11 +28,6 @@ def _cube(volume, coords, sizes):
     """volume[..., cube at grid coords] for a (C, D0, D1, D2) volume."""
     (a, b, c), (s0, s1, s2) = coords, sizes
     return volume[:, a * s0 : (a + 1) * s0, b * s1 : (b + 1) * s1, c * s2 : (c + 1) * s2]
-
-
-# ----------------------------------------------------------------------------------------------
-# cross-image partition and recovery
-# ----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -88,11 +80,6 @@ def test_cross_image_errors():
         cross_image_permutations(2, 0)
     with pytest.raises(ValueError, match="batch_size"):
         cross_image_permutations(0, 3)
-
-
-# ----------------------------------------------------------------------------------------------
-# within-image partition, location labels, reassembly
-# ----------------------------------------------------------------------------------------------
 
 
 def test_location_labels_are_x_plus_3y_plus_9z_of_the_cube_content():
@@ -161,44 +148,6 @@ def test_within_image_errors():
         reassemble_cubes(torch.zeros(1, 26, 1, 2, 2, 2))
 
 
-# ----------------------------------------------------------------------------------------------
-# blending and the pseudo-label index switch
-# ----------------------------------------------------------------------------------------------
-
-
-def test_class_frequency_weights_values_sum_and_max():
-    w = class_frequency_weights(torch.tensor([100, 50, 10, 0]))
-    assert torch.allclose(w, torch.tensor([1.0, 0.5, 0.1, 0.0]))
-    w2 = class_frequency_weights([400.0, 100.0, 25.0], temperature=2.0)  # d = sqrt(n) = [20, 10, 5]
-    assert torch.allclose(w2, torch.tensor([1.0, 0.5, 0.25]))
-    assert w2.max() == 1.0 and (w2 >= 0).all()
-    # proportional to the sum-normalised distribution (normalising first does not matter)
-    d = torch.tensor([400.0, 100.0, 25.0]).sqrt()
-    assert torch.allclose(w2, (d / d.sum()) / (d / d.sum()).max())
-    assert torch.equal(class_frequency_weights([0, 0, 0]), torch.ones(3))
-    with pytest.raises(ValueError, match="temperature"):
-        class_frequency_weights([1, 2], temperature=0)
-    with pytest.raises(ValueError, match="non-negative"):
-        class_frequency_weights([1, -2])
-
-
-def test_blend_pseudo_logits_uses_teacher_argmax_weight():
-    teacher = torch.tensor([[[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]]]).transpose(1, 2)  # (1, C=3, 3 voxels)
-    cube = torch.full_like(teacher, -1.0)
-    d = torch.tensor([1.0, 0.25, 0.0])
-    blended = blend_pseudo_logits(teacher, cube, d)
-    # voxel 0: argmax 0 -> w=1 -> cube logits; voxel 1: argmax 1 -> w=0.25; voxel 2: argmax 2 -> teacher
-    assert torch.allclose(blended[0, :, 0], cube[0, :, 0])
-    assert torch.allclose(blended[0, :, 1], 0.75 * teacher[0, :, 1] + 0.25 * cube[0, :, 1])
-    assert torch.allclose(blended[0, :, 2], teacher[0, :, 2])
-    t = teacher.clone().requires_grad_(True)
-    assert not blend_pseudo_logits(t, cube, d).requires_grad
-    with pytest.raises(ValueError, match="class_weights"):
-        blend_pseudo_logits(teacher, cube, torch.ones(4))
-    with pytest.raises(ValueError, match="share"):
-        blend_pseudo_logits(teacher, cube[..., :2], d)
-
-
 def test_pseudo_label_cube_indices_fix_and_bug_switch():
     assert pseudo_label_cube_indices(4, 2) == [2, 3]  # the unlabeled half (upstream fix)
     assert pseudo_label_cube_indices(4, 2, reproduce_index_bug=True) == [0, 1]  # GALoss/SCDL copies
@@ -206,25 +155,3 @@ def test_pseudo_label_cube_indices_fix_and_bug_switch():
     assert pseudo_label_cube_indices(5, 2, reproduce_index_bug=True) == [0, 1, 2]
     with pytest.raises(ValueError, match="labeled_bs"):
         pseudo_label_cube_indices(4, 4)
-
-
-def test_class_frequency_tracker_recounts_since_last_refresh_and_checkpoints():
-    tracker = ClassFrequencyTracker(3)
-    tracker.refresh()  # nothing pending: counts stay zero
-    assert tracker.counts.tolist() == [0, 0, 0]
-    tracker.observe(torch.tensor([0, 0, 1]))
-    tracker.observe(torch.tensor([[0, 2], [0, 0]]))
-    assert tracker.counts.tolist() == [0, 0, 0] and tracker.pending.tolist() == [5, 1, 1]
-    tracker.refresh()
-    assert tracker.counts.tolist() == [5, 1, 1] and tracker.pending.tolist() == [0, 0, 0]
-    tracker.observe(torch.tensor([1, 1]))
-    tracker.refresh()
-    assert tracker.counts.tolist() == [0, 2, 0]  # replaced, not accumulated
-    assert torch.allclose(tracker.weights(), torch.tensor([0.0, 1.0, 0.0]))
-    restored = ClassFrequencyTracker(3)
-    restored.load_state_dict(tracker.state_dict())
-    assert restored.counts.tolist() == [0, 2, 0]
-    with pytest.raises(ValueError, match="num_classes=3"):
-        tracker.observe(torch.tensor([3]))
-    with pytest.raises(TypeError, match="integer"):
-        tracker.observe(torch.tensor([0.0]))

@@ -1,4 +1,4 @@
-"""scdl_monai.inference: NIfTI (non-RAS) and DICOM inputs -> label maps in the input's own grid."""
+"""scdl_monai.cli.inference: NIfTI (non-RAS) and DICOM inputs -> label maps in the input's own grid."""
 
 import json
 import os
@@ -12,7 +12,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from scdl_monai.bundles import write_bundle
-from scdl_monai.inference import detect_reader, main, parse_overrides, predict
+from scdl_monai.cli.inference import detect_reader, main, parse_overrides, predict
 
 SMALL = {"n_filters": 4, "patch_size": [32, 32, 32]}
 
@@ -185,3 +185,26 @@ def test_a_short_run_with_overrides_leaves_a_bundle_that_plain_inference_runs(sa
     source, cli, plain = (nib.load(str(p)) for p in (ct, tmp_path / "seg.nii.gz", tmp_path / "monai" / "case_seg.nii.gz"))
     assert cli.shape == source.shape and np.allclose(cli.affine, source.affine)
     np.testing.assert_array_equal(np.asanyarray(cli.dataobj), np.asanyarray(plain.dataobj))
+
+
+
+@pytest.mark.parametrize("old, new", [("scdl_monai.inference", "scdl_monai.cli.inference"), ("scdl_monai.bundles", "scdl_monai.cli.bundle_tool")])
+def test_the_old_commands_of_the_previous_layout_still_run(tmp_path, monkeypatch, capsys, old, new):
+    """``python -m scdl_monai.inference`` (README of the previous layout) runs the moved command, with a notice."""
+    import importlib
+    import runpy
+    import warnings
+
+    args = ["--input", str(tmp_path / "missing.nii.gz"), "--bundle", str(tmp_path), "--output", str(tmp_path / "o")]
+    if old == "scdl_monai.bundles":
+        args = ["write", "--method", "nope", "--dataset", "synapse", "--out", str(tmp_path / "b")]
+    monkeypatch.setattr("sys.argv", [old, *args])
+    with pytest.raises(SystemExit) as exit_old, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported
+        runpy.run_module(old, run_name="__main__")
+    notice, *rest = capsys.readouterr().err.splitlines()
+    monkeypatch.setattr("sys.argv", [new, *args])
+    status_new = importlib.import_module(new).main()
+    assert (exit_old.value.code, status_new) == (1, 1)
+    assert notice == f"note: `python -m {old}` is deprecated since scdl_monai 0.2.0; use `python -m {new}`."
+    assert rest == capsys.readouterr().err.splitlines() and rest and rest[-1].startswith("error:")
