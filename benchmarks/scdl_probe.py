@@ -11,7 +11,8 @@ on patches tiling the test volumes):
   class, next to the all-majority baseline, and the mean recall over the organ classes;
 * the proxies: mean σ (Xavier-uniform initialisation: softplus(0) ≈ 0.693), the largest cosine
   between two class means;
-* ``‖projected prior‖ / ‖skip feature‖`` at the finest decoder stage;
+* ``‖projected prior‖ / ‖feature it is added to‖`` at the finest injection target (the finest
+  decoder stage for ``all_stages``, the bottleneck for ``bottleneck``);
 
 and the run's test Dice with the prior injected, with it switched off (same weights), and with the
 prior on but every normalisation layer using each window's own batch statistics instead of its
@@ -143,7 +144,7 @@ def probe_run(run_dir: Path, extra: dict, threads: int) -> dict:
 
 def markdown(records: list[dict]) -> str:
     lines = [
-        "| Run | Network | Token acc. | Majority baseline | Organ recall | σ mean | Max proxy cos | Prior/feature (finest) "
+        "| Run | Network | Token acc. | Majority baseline | Organ recall | σ mean | Max proxy cos | Prior/feature (finest target) "
         "| Test Dice prior on | off | batch-stat norm. |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -16,8 +16,9 @@ segmentation Dice: a network can segment well while its proxies stay where they 
 * the proxies: mean ``‖μ_c‖``, mean ``σ`` (``softplus`` of its raw parameter; the released
   Xavier-uniform initialisation starts at ``softplus(0) ≈ 0.693``), the largest cosine between two
   class means;
-* ``prior_to_feature``: per decoder stage (``all_stages`` injection), ``‖projected prior‖ /
-  ‖skip feature‖``: how strongly the prior drives the decoder.
+* ``prior_to_feature``: ``‖projected prior‖ / ‖feature it is added to‖`` per injection target
+  (``all_stages``: each decoder stage's skip feature, coarsest first; ``bottleneck``: the
+  bottleneck feature; empty for ``head`` and ``none``): how strongly the prior drives the decoder.
 
 Everything runs without gradients in eval mode (the deterministic prior of inference) and restores
 the network's mode afterwards.
@@ -62,6 +63,15 @@ def _proxy_summary(network: SCDLNetwork) -> dict:
         "sigma_mean": float(sigma.detach().float().mean()),
         "max_proxy_cosine": float(cos.max()) if cos.shape[0] > 1 else math.nan,
     }
+
+
+def _injection_targets(network: SCDLNetwork, features: list) -> list:
+    """The features the prior is added to, before decoding: decoder stages or the bottleneck."""
+    if network.injection == "all_stages":
+        return list(features[-2::-1])  # the skip features x4, x3, x2, x1 the stages add it to
+    if network.injection == "bottleneck":
+        return [features[-1]]
+    return []  # "head" (after decoding) and "none"
 
 
 @torch.no_grad()
@@ -122,10 +132,10 @@ def probe_scdl_network(network: SCDLNetwork, batches: Iterable[tuple[torch.Tenso
             majority_counts += torch.bincount(cell, minlength=num_classes).double()
             hits += torch.bincount(cell[pred == cell], minlength=num_classes).double()
             assigned += torch.bincount(pred, minlength=num_classes).double()
-            if network.injection == "all_stages":
-                skips = list(features[-2::-1])
-                stages = network.scdl.project_prior(out.prior, skips)
-                ratios.append([float(p.norm() / f.norm().clamp_min(1e-12)) for p, f in zip(stages, skips)])
+            targets = _injection_targets(network, features)
+            if targets:
+                stages = network.scdl.project_prior(out.prior, targets)
+                ratios.append([float(p.norm() / f.norm().clamp_min(1e-12)) for p, f in zip(stages, targets)])
     finally:
         network.train(was_training)
     if not total:

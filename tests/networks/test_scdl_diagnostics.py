@@ -75,6 +75,17 @@ def test_prior_strength_is_zero_at_initialisation_and_grows_with_the_projections
     assert all(r > 0 for r in probe_scdl_network(net, batch)["prior_to_feature"])
 
 
+@pytest.mark.parametrize("injection,count", [("bottleneck", 1), ("none", 0)])
+def test_prior_strength_follows_the_injection_target(injection, count):
+    net = _network(injection=injection)
+    with torch.no_grad():
+        for p in net.scdl.parameters():
+            if p.ndim == 5:
+                p.normal_()
+    ratios = probe_scdl_network(net, [(torch.rand(1, 1, 32, 32, 32), _label())])["prior_to_feature"]
+    assert len(ratios) == count and all(r > 0 for r in ratios)
+
+
 def test_mode_is_restored_and_classes_without_tokens_have_no_recall():
     net = _network().train()
     label = torch.zeros(1, 1, 32, 32, 32, dtype=torch.long)
