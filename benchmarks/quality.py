@@ -15,7 +15,8 @@ a user datalist: the ``label`` of each unlabeled entry, else that configuration 
 Budgets (``--budget``):
 
 * ``phantom`` (default): the converged phantom budget of :data:`BUDGETS` — VNet-family networks at
-  ``n_filters`` 8, random patches, every method's own optimizer, learning rate, losses and
+  ``n_filters`` 8, random patches (2 labeled + 2 unlabeled per step; the supervised rows 4 labeled, as
+  the supervised reference trains), every method's own optimizer, learning rate, losses and
   schedule shape (epoch-level poly LR and ramps stretched to the run, GA/MagicNet iteration
   schedules scaled, SCDL warm-up a fraction of the run by itself);
   native preprocessing protocol for every method (one data grid); **two declared deviations from the
@@ -112,6 +113,9 @@ BUDGETS = {
     "phantom": {
         "num_cases": 16, "shape": (64, 64, 48), "num_test": 4, "num_validation": 2, "labeled_fraction": 0.2,
         "pose_jitter": 0.0, "patch": 48, "n_filters": 8, "iterations": 1200, "epoch_length": 8, "batch": 2, "val_every": 100,
+        # the supervised references train one network in batches of 4 (xmed-lab/DHC@990998d0
+        # code/train_fully.py L14), the patches per step of the SSL methods' 2 labeled + 2 unlabeled
+        "supervised_batch": 4,
         "precision": "bf16", "channels_last": True, "timeout_s": 4 * 3600,
         # declared deviation from the references (module docstring): no dropout, Kaiming init where a
         # reference uses PyTorch's default; `--set dropout=0.5 --set network_def#init=null` restores them
@@ -162,9 +166,10 @@ def overrides_for(method: str, scdl: bool, spec: dict, config: dict) -> dict:
     if spec["budget"] == "bundle":
         return {**out, **(spec.get("extra_overrides") or {})}
     n_iter, epoch = size["iterations"], size["epoch_length"]
+    batch = size.get("supervised_batch", size["batch"]) if method == "supervised" else size["batch"]
     out.update({
         "n_filters": size["n_filters"], "patch_size": [size["patch"]] * 3,
-        "batch_size": size["batch"], "unlabeled_batch_size": size["batch"],
+        "batch_size": batch, "unlabeled_batch_size": size["batch"],
         "train#trainer#epoch_length": epoch, "train#trainer#max_epochs": max(1, n_iter // epoch),
     })  # fmt: skip
     if "dropout" in size:
@@ -225,6 +230,16 @@ def fingerprint(config: dict, overrides: dict, spec: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def all_labels_spec(spec: dict) -> dict:
+    """``spec`` of the fully supervised variant: the all-labels datalist, and data that says so.
+
+    The datalist path is not part of the fingerprint, so the data identity carries the difference
+    (without it the supervised and fully supervised runs of one seed would share a fingerprint).
+    """
+    return {**spec, "datalist": spec.get("datalist_full") or spec["datalist"],
+            "data_id": {**spec["data_id"], "labels": "all"}}  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------ one run
 def _foreground_dice(pred, label, num_classes: int) -> float:
     """Mean Dice (%) over foreground classes present in ``pred`` or ``label`` (validation score)."""
@@ -259,7 +274,7 @@ def run_one(spec: dict) -> dict:
     if full_labels:
         if not spec.get("datalist_full"):
             raise ValueError("fully_supervised needs a label for every unlabeled case of the datalist")
-        spec = {**spec, "datalist": spec["datalist_full"]}
+        spec = all_labels_spec(spec)
     overrides = overrides_for(method, scdl, spec, config)
     (root / "overrides.json").write_text(json.dumps(overrides))  # the run's settings (benchmarks/scdl_probe.py)
     row = {"config": spec["config"], "seed": spec["seed"], "fingerprint": fingerprint(config, overrides, spec)}
@@ -412,7 +427,7 @@ def expected_fingerprint(spec: dict) -> str:
     method, scdl, full_labels = parse_config(spec["config"])
     config = compose(method, scdl, spec["dataset"], spec["protocol"])
     if full_labels:
-        spec = {**spec, "datalist": spec.get("datalist_full") or spec["datalist"]}
+        spec = all_labels_spec(spec)
     return fingerprint(config, overrides_for(method, scdl, spec, config), spec)
 
 
@@ -618,6 +633,9 @@ def markdown(res: dict) -> str:
             f"(+ {s['batch']} unlabeled) random patches of {s['patch']}^3, n_filters {s['n_filters']}, every method's "
             f"own optimizer, learning rate, losses and schedule shape, protocol {res['protocol']}"
         )
+        if s.get("supervised_batch"):
+            budget += (f"; the supervised rows train in batches of {s['supervised_batch']} labeled patches, as the "
+                       "supervised reference does (DHC `train_fully.py` `--batch_size`)")
         if "dropout" in s:
             budget += (f"; deviations from the references: dropout {s['dropout']} for every method"
                        + (f", {s['default_init']} init where a reference keeps PyTorch's default (supervised, MagicNet)"

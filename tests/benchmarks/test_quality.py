@@ -136,6 +136,24 @@ def test_fingerprint_is_of_the_effective_config():
     nested = quality.fingerprint({"k": 3, "n": {"m": 2}}, {"n#m": 5}, spec)
     assert by_override == by_default != nested
     assert quality.fingerprint({"k": 3, "n": {"m": 2}}, {}, {**spec, "threads": 2}) != by_default
+    # the fully supervised variant differs from supervised only by its (unhashed) datalist path
+    full = quality.all_labels_spec({**spec, "datalist": "/a/l.json", "datalist_full": "/a/full.json"})
+    assert full["datalist"] == "/a/full.json"
+    assert quality.fingerprint({"k": 3, "n": {"m": 2}}, {}, full) != by_default
+
+
+def test_supervised_rows_train_in_the_reference_batch():
+    """Phantom budget: supervised references 4 labeled patches per step, SSL methods 2 + 2."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import quality
+
+    spec = {"size": quality.BUDGETS["phantom"], "budget": "phantom", "run_dir": "r", "dataset_dir": "d",
+            "datalist": "l", "seed": 0, "device": "cpu", "precision": "bf16", "channels_last": True}  # fmt: skip
+    sup = quality.overrides_for("supervised", False, spec, {})
+    dhc = quality.overrides_for("dhc", False, spec, {})
+    assert (sup["batch_size"], dhc["batch_size"], dhc["unlabeled_batch_size"]) == (4, 2, 2)
+    quick = quality.overrides_for("supervised", False, {**spec, "size": quality.BUDGETS["quick"]}, {})
+    assert quick["batch_size"] == quality.BUDGETS["quick"]["batch"]
 
 
 def test_bad_datalist_is_one_line(tmp_path):
