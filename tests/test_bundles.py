@@ -472,3 +472,17 @@ def test_bundle_components_are_package_data():
     assert len(files) > 30 and components_dir() == package / "resources" / "bundle_components"
     missed = [f for f in files if not any(PurePosixPath(f).match(p) and f.count("/") == p.count("/") for p in patterns)]
     assert missed == [], f"add these to [options.package_data] in setup.cfg: {missed}"
+
+
+def test_every_scdl_switch_is_documented():
+    """Each key of the SCDL overlay (and of its block) has a row in docs/scdl.md's config table."""
+    from pathlib import Path
+
+    from scdl_monai.bundles import components_dir
+
+    overlay = json.loads((components_dir() / "scdl" / "scdl.json").read_text())
+    table = (Path(__file__).resolve().parents[1] / "docs" / "scdl.md").read_text().split("## Config keys", 1)[1]
+    keys = [k for k in overlay if k.startswith("scdl_") and k not in ("scdl_block", "scdl_wrapper", "scdl_method_def")]
+    missing = [k for k in keys if f"`{k}`" not in table]
+    missing += [f"scdl_block#{k}" for k in overlay["scdl_block"] if f"#{k}`" not in table]
+    assert not missing, f"undocumented SCDL config keys: {missing}"

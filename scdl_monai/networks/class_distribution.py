@@ -22,6 +22,7 @@ e.g. 96³ → 12³ = 1728 tokens). Everything here is dimension-generic (1-, 2- 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -179,6 +180,10 @@ class SCDL(nn.Module):
             ``ā`` too (``ā = cos(ẑ, μ̂)``); ``"sample"`` — ``ā`` is sampled in eval mode as well,
             as the released module (which always samples) does. The prior never depends on it.
         zero_init_injection: zero-initialise the injection projections (default ``True``).
+        proxy_sigma_init: initial proxy standard deviation ``σ`` (every entry), or ``None``
+            (default) for the released module's initialisation: Xavier-uniform over the whole raw
+            ``(C, 2D)`` parameter, i.e. ``σ ≈ softplus(0) ≈ 0.69`` against ``|μ| ≲ 0.1`` per entry, so
+            sampled proxies start nearly isotropic. ``μ`` is drawn the same way either way.
 
     Raises:
         ValueError: a non-positive size/temperature, ``dropout`` outside [0, 1), bad
@@ -215,6 +220,7 @@ class SCDL(nn.Module):
         spatial_dims: int = 3,
         eval_proxy_samples: str = "mean",
         zero_init_injection: bool = True,
+        proxy_sigma_init: float | None = None,
     ) -> None:
         super().__init__()
         owner = "SCDL"
@@ -234,6 +240,8 @@ class SCDL(nn.Module):
         if not isinstance(zero_init_injection, bool):
             raise ValueError(f"SCDL: `zero_init_injection` must be a bool, got {zero_init_injection!r}.")
         self.eval_proxy_samples = look_up(eval_proxy_samples, EVAL_PROXY_MODES, "eval_proxy_samples", owner)
+        if proxy_sigma_init is not None:
+            proxy_sigma_init = check_number(proxy_sigma_init, "proxy_sigma_init", owner, strict=True)
 
         d = self.z_dim
         self.projector = nn.Sequential(
@@ -248,6 +256,9 @@ class SCDL(nn.Module):
         #: raw proxies [C, 2D]: μ = first D columns, σ = softplus(last D) (reference layout).
         self.proxies = nn.Parameter(torch.empty(self.num_classes, 2 * d))
         nn.init.xavier_uniform_(self.proxies, gain=1.0)
+        if proxy_sigma_init is not None:  # σ = softplus(raw)  <=>  raw = log(expm1(σ))
+            with torch.no_grad():
+                self.proxies[:, d:].fill_(math.log(math.expm1(proxy_sigma_init)))
         #: learnable per-dimension token noise scale of the token-sampling prior.
         self.sigma_emb = nn.Parameter(torch.full((d,), float(sigma_emb_init)))
 

@@ -238,6 +238,22 @@ def test_project_prior_shapes_and_commutation():
         small_scdl().project_prior(out.prior, targets)
 
 
+def test_proxy_sigma_init_sets_sigma_and_keeps_mu():
+    torch.manual_seed(0)
+    reference = SCDL(num_classes=3, x_dim=4, z_dim=8)
+    torch.manual_seed(0)
+    narrow = SCDL(num_classes=3, x_dim=4, z_dim=8, proxy_sigma_init=0.05)
+    mu_ref, sigma_ref = reference.proxy_parameters()
+    mu, sigma = narrow.proxy_parameters()
+    torch.testing.assert_close(mu, mu_ref)  # μ drawn as the released initialisation draws it
+    torch.testing.assert_close(sigma, torch.full((3, 8), 0.05))
+    # the released initialisation: σ = softplus(U(-b, b)) with b = sqrt(6 / (C + 2D)), i.e. ≈ 0.69
+    bound = math.sqrt(6.0 / (3 + 16))
+    assert F.softplus(torch.tensor(-bound)) <= sigma_ref.min() <= sigma_ref.max() <= F.softplus(torch.tensor(bound))
+    with pytest.raises(ValueError, match="proxy_sigma_init"):
+        SCDL(num_classes=3, proxy_sigma_init=0.0)
+
+
 def test_constructor_and_forward_errors():
     with pytest.raises(ValueError, match="num_classes"):
         SCDL(num_classes=0)
